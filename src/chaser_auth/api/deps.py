@@ -1,0 +1,66 @@
+"""What routers need from a request: the runtime, the client's address, the bearer session."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from chaser_auth.domain.sessions import Authenticated
+from chaser_auth.runtime import Runtime
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime = request.app.state.runtime
+    return runtime
+
+
+def parse_proxies(value: str | None) -> tuple[Network, ...]:
+    if not value:
+        return ()
+    return tuple(
+        ipaddress.ip_network(part.strip(), strict=False)
+        for part in value.split(",")
+        if part.strip()
+    )
+
+
+def client_address(request: Request) -> str:
+    """The peer's address; behind `CHASER_AUTH_TRUSTED_PROXIES`, the right-most address in
+    X-Forwarded-For that is not itself a trusted proxy (left-most entries are client-supplied
+    and forgeable — OWASP, and MDN's X-Forwarded-For "Selecting an IP address")."""
+    peer = request.client.host if request.client else "unknown"
+    proxies: tuple[Network, ...] = request.app.state.trusted_proxies
+    if not proxies or not _within(peer, proxies):
+        return peer
+    hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _within(hop, proxies):
+            return hop
+    return peer
+
+
+def _within(address: str, networks: tuple[Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+def bearer_token(request: Request) -> str | None:
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else None
+
+
+async def current_session(
+    request: Request, runtime: Annotated[Runtime, Depends(get_runtime)]
+) -> Authenticated:
+    return await runtime.sessions.authenticate(bearer_token(request))
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+SessionDep = Annotated[Authenticated, Depends(current_session)]

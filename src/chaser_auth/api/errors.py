@@ -1,0 +1,101 @@
+"""Every way a request can fail leaves through here, in the one shape (`ChaserError.body`).
+
+Validation details name the field and the problem but never echo the input: the input may be
+a password."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.exceptions import HTTPException
+
+from chaser_auth.api.schemas import ErrorResponse
+from chaser_auth.errors import (
+    ChaserError,
+    InvalidRequest,
+    MethodNotAllowed,
+    NotFound,
+    ServiceUnavailable,
+)
+
+log = logging.getLogger("chaser_auth.errors")
+DB_RETRY_AFTER = "5"
+
+
+ERROR_TEXT = {
+    400: "Invalid or expired token",
+    413: "Request body over 4 KiB",
+    422: "Body missing, not JSON, or fields of the wrong type; or a weak password",
+    429: "Too many requests from this client address",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for these error statuses, all in the one error shape."""
+    return {code: {"model": ErrorResponse, "description": ERROR_TEXT[code]} for code in codes}
+
+
+def render(error: ChaserError) -> JSONResponse:
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+
+
+def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
+    details = []
+    for err in exc.errors():
+        loc = [part for part in err.get("loc", ()) if part != "body"]
+        kind = err.get("type", "invalid")
+        if kind == "json_invalid":
+            message = "The body is not valid JSON."
+        elif kind == "missing" and not loc:
+            message = "A JSON body is required."
+        elif kind == "missing":
+            message = "This field is required."
+        elif kind in ("string_type", "model_type", "model_attributes_type", "dict_type"):
+            message = "Expected a JSON object." if not loc else "Expected a string."
+        else:
+            message = str(err.get("msg", "Invalid value."))
+        details.append(
+            {"field": ".".join(str(p) for p in loc) or None, "type": kind, "message": message}
+        )
+    return details
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ChaserError)
+    async def _chaser(_: Request, exc: ChaserError) -> JSONResponse:
+        return render(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return render(InvalidRequest(details=_validation_details(exc)))
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return render(NotFound())
+        if exc.status_code == 405:
+            error = MethodNotAllowed()
+            error.headers = dict(exc.headers or {})
+            return render(error)
+        generic = ChaserError(str(exc.detail) if exc.status_code < 500 else None)
+        response = render(generic)
+        response.status_code = exc.status_code
+        return response
+
+    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
+        # Database unreachable or locked past the busy timeout: a clear 503 the client may
+        # retry, never a 500 (SPEC §2: no trace for anything but our own bugs).
+        log.warning(
+            "database unavailable: %s [%s]",
+            type(exc).__name__,
+            request.scope.get("state", {}).get("request_id"),
+        )
+        return render(ServiceUnavailable(headers={"Retry-After": DB_RETRY_AFTER}))
+
+    for kind in (OperationalError, InterfaceError, ConnectionError, TimeoutError):
+        app.add_exception_handler(kind, _database_down)

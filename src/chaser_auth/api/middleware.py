@@ -1,0 +1,128 @@
+"""One pure-ASGI layer around every request (cheaper than BaseHTTPMiddleware on the hot path):
+
+- reads the body up front with a hard cap (413 past `MAX_BODY`, before any parsing);
+- gives every response `X-Request-ID`, `Cache-Control: no-store` and `nosniff`;
+- turns any exception that escaped the handlers into the one error shape with a bare 500 — no
+  trace, no exception text (it may quote SQL parameters, i.e. addresses);
+- writes the access log: method, path without query string, status, time, request id. Never
+  the body, never a query string (a mistaken `?token=` must not reach the logs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chaser_auth.errors import ChaserError, InternalError, PayloadTooLarge
+
+MAX_BODY = 4096
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_BASE_HEADERS = [
+    (b"cache-control", b"no-store"),
+    (b"x-content-type-options", b"nosniff"),
+]
+
+access = logging.getLogger("chaser_auth.access")
+errors = logging.getLogger("chaser_auth.errors")
+
+
+def error_response_parts(error: ChaserError) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    body = json.dumps(error.body(), separators=(",", ":")).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    return error.status, headers, body
+
+
+class EdgeMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        extra = [(b"x-request-id", request_id.encode()), *_BASE_HEADERS]
+        status_seen: dict[str, Any] = {"status": 500, "started": False}
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_seen["status"] = message["status"]
+                status_seen["started"] = True
+                headers = [h for h in message.get("headers", []) if h[0] != b"cache-control"]
+                message["headers"] = headers + extra
+            await send(message)
+
+        try:
+            replay = await self._read_body(scope, receive)
+            if isinstance(replay, ChaserError):
+                await self._send_error(replay, send_with_headers)
+            else:
+                await self.app(scope, replay, send_with_headers)
+        except Exception as exc:  # noqa: BLE001 - last line of defence; logged without its text
+            errors.error(
+                "unhandled %s on %s %s [%s]",
+                type(exc).__name__,
+                scope["method"],
+                scope["path"],
+                request_id,
+            )
+            if not status_seen["started"]:
+                await self._send_error(InternalError(), send_with_headers)
+        finally:
+            access.info(
+                "%s %s %s %.1fms [%s]",
+                scope["method"],
+                scope["path"],
+                status_seen["status"],
+                (time.perf_counter() - started) * 1000,
+                request_id,
+            )
+
+    @staticmethod
+    async def _read_body(scope: Scope, receive: Receive) -> Receive | ChaserError:
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
+            return PayloadTooLarge(details=[{"max_bytes": MAX_BODY}])
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return receive
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > MAX_BODY:
+                return PayloadTooLarge(details=[{"max_bytes": MAX_BODY}])
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return replay
+
+    @staticmethod
+    async def _send_error(error: ChaserError, send: Send) -> None:
+        status, headers, body = error_response_parts(error)
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,82 @@
+"""Password reset over HTTP: parse, call the domain, answer. No SQL, no rules."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request, Response
+
+from chaser_auth.api.deps import RuntimeDep, client_address
+from chaser_auth.api.errors import error_responses
+from chaser_auth.api.schemas import (
+    AuthResponse,
+    MessageResponse,
+    PasswordResetConfirmRequest,
+    PasswordResetRequest,
+    PasswordResetVerifyRequest,
+    PasswordResetVerifyResponse,
+)
+
+router = APIRouter(prefix="/auth/password-reset", tags=["subpackage_auth"])
+
+# One constant body for every address — known, unknown, malformed, throttled — so the bytes
+# cannot differ (SPEC §2.1). It is pre-encoded: nothing per request goes into it.
+REQUESTED = MessageResponse(
+    message="If an account exists for this email address, a link to reset its password "
+    "has been sent to it."
+)
+REQUESTED_BODY = REQUESTED.model_dump_json().encode()
+
+
+@router.post(
+    "/request",
+    operation_id="request-password-reset",
+    summary="Request Password Reset",
+    response_model=MessageResponse,
+    responses={
+        200: {"description": "Password reset email requested"},
+        **error_responses(413, 422, 429),
+    },
+)
+async def request_password_reset(
+    body: PasswordResetRequest, request: Request, runtime: RuntimeDep
+) -> Response:
+    settings = runtime.settings
+    await runtime.limiter.enforce(
+        settings.limit("rate_limit_reset_per_ip"), "ip", client_address(request), time.time()
+    )
+    await runtime.recovery.request(body.email)
+    runtime.wake.set()
+    return Response(REQUESTED_BODY, media_type="application/json")
+
+
+@router.post(
+    "/confirm",
+    operation_id="confirm-password-reset",
+    summary="Confirm Password Reset",
+    response_model=AuthResponse,
+    responses={
+        200: {"description": "Password reset completed and session created"},
+        **error_responses(400, 413, 422),
+    },
+)
+async def confirm_password_reset(
+    body: PasswordResetConfirmRequest, runtime: RuntimeDep
+) -> AuthResponse:
+    result = await runtime.recovery.confirm(body.token, body.password)
+    runtime.wake.set()
+    return AuthResponse(email=result.email, token=result.token, user_id=str(result.user_id))
+
+
+@router.post(
+    "/verify",
+    operation_id="verify-password-reset",
+    summary="Check a password reset token without using it",
+    response_model=PasswordResetVerifyResponse,
+    responses={200: {"description": "The token may be used"}, **error_responses(400, 413, 422)},
+)
+async def verify_password_reset(
+    body: PasswordResetVerifyRequest, runtime: RuntimeDep
+) -> PasswordResetVerifyResponse:
+    row, _ = await runtime.recovery.check(body.token)
+    return PasswordResetVerifyResponse(valid=True, expires_at=row.expires_at)

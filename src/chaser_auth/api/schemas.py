@@ -1,0 +1,100 @@
+"""The public contract. Class names are schema names in the OpenAPI document and match the
+Chaser Core API exactly (`PasswordResetRequest`, `MessageResponse`,
+`PasswordResetConfirmRequest`, `VerifyEmailRequest`, `AuthResponse`); so do field names and
+required lists. Models are strict — a number is not an email — and ignore unknown fields."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Schema(BaseModel):
+    model_config = ConfigDict(strict=True, extra="ignore")
+
+
+class PasswordResetRequest(Schema):
+    """Request body to request a password reset email."""
+
+    model_config = ConfigDict(title="PasswordResetRequest")
+    email: str
+
+
+class MessageResponse(Schema):
+    """Generic message response."""
+
+    model_config = ConfigDict(title="MessageResponse")
+    message: str
+
+
+class PasswordResetConfirmRequest(Schema):
+    """Request body to complete a password reset."""
+
+    model_config = ConfigDict(title="PasswordResetConfirmRequest")
+    password: str
+    token: str
+
+
+class VerifyEmailRequest(Schema):
+    """Request body for email verification completion."""
+
+    model_config = ConfigDict(title="VerifyEmailRequest")
+    token: str
+
+
+class AuthResponse(Schema):
+    """Response containing auth token."""
+
+    model_config = ConfigDict(title="AuthResponse")
+    email: str
+    token: str
+    user_id: str
+
+
+class PasswordResetVerifyRequest(Schema):
+    """Request body to check a password reset token without using it."""
+
+    token: str
+
+
+class PasswordResetVerifyResponse(Schema):
+    """The token may be used until `expires_at`."""
+
+    valid: bool
+    expires_at: datetime
+
+
+class LoginRequest(Schema):
+    """Email address and password."""
+
+    email: str
+    password: str
+
+
+class MeResponse(Schema):
+    """The account behind the bearer token."""
+
+    user_id: uuid.UUID
+    email: str
+    email_verified: bool
+    created_at: datetime
+    password_changed_at: datetime | None
+
+
+class ErrorBody(Schema):
+    code: str
+    message: str
+    details: list[Any]
+
+
+class ErrorResponse(Schema):
+    """Every error, whatever the endpoint."""
+
+    error: ErrorBody
+
+
+class HealthResponse(Schema):
+    status: str

@@ -1,0 +1,62 @@
+"""`create_app(settings)` → the ASGI app: routers, error handlers, edge middleware, lifespan.
+
+The lifespan builds the `Runtime` (engine, services) and, unless `embedded_worker` is off,
+runs the delivery worker as a task in the same event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from chaser_auth import __version__
+from chaser_auth.api import accounts, errors, health, reset
+from chaser_auth.api.deps import parse_proxies
+from chaser_auth.api.middleware import EdgeMiddleware
+from chaser_auth.config import Settings
+from chaser_auth.domain.clock import Clock, utcnow
+from chaser_auth.runtime import Runtime
+
+DESCRIPTION = """Self-hostable implementation of the `auth` surface of the Chaser Core API.
+
+Every error has one shape: `{"error": {"code", "message", "details"}}`."""
+
+
+def create_app(settings: Settings, clock: Clock = utcnow) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = Runtime.build(settings, clock)
+        app.state.runtime = runtime
+        stop = asyncio.Event()
+        task = asyncio.create_task(runtime.worker().run(stop)) if settings.embedded_worker else None
+        try:
+            yield
+        finally:
+            stop.set()
+            if task is not None:
+                await task
+            await runtime.close()
+
+    app = FastAPI(
+        title="chaser-auth",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        separate_input_output_schemas=False,
+        servers=[{"url": settings.public_url}],
+    )
+    app.state.trusted_proxies = parse_proxies(settings.trusted_proxies)
+    errors.install(app)
+    app.include_router(reset.router)
+    app.include_router(accounts.router)
+    app.include_router(health.router)
+    app.add_middleware(EdgeMiddleware)
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """Factory for `uvicorn --factory` (used by `chaser-auth serve --workers N`)."""
+    return create_app(Settings())

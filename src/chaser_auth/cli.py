@@ -1,0 +1,234 @@
+"""`chaser-auth` — serve the API, run the delivery worker, migrate, manage users and the outbox.
+
+Configuration comes from CHASER_AUTH_* environment variables and `.env` (see README)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import logging
+import os
+import signal
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from pydantic import ValidationError
+
+from chaser_auth import __version__
+from chaser_auth.config import Settings, load_secret_key
+from chaser_auth.errors import ChaserError
+from chaser_auth.runtime import Runtime
+from chaser_auth.store import migrate
+
+log = logging.getLogger("chaser_auth")
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        stream=sys.stdout,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chaser-auth",
+        description="Self-hostable Chaser Core API auth service (password reset, sessions). "
+        "Configured by CHASER_AUTH_* environment variables and a .env file.",
+    )
+    parser.add_argument("--version", action="version", version=f"chaser-auth {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the HTTP API (applies pending migrations; runs the mail worker in-process)",
+        description="Serve the HTTP API. Applies pending migrations first and, unless "
+        "--no-worker is given, runs the mail delivery worker in each API process.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    serve.add_argument("--workers", type=int, default=1, help="API processes (default 1)")
+    serve.add_argument(
+        "--no-worker", action="store_true", help="do not run the delivery worker in-process"
+    )
+
+    commands.add_parser(
+        "worker",
+        help="run the mail delivery worker alone",
+        description="Run the delivery "
+        "worker alone (for scale-out; start as many as you like on one database).",
+    )
+    commands.add_parser(
+        "migrate",
+        help="apply schema migrations",
+        description="Apply pending schema "
+        "migrations. Idempotent and safe to run from several processes at once.",
+    )
+
+    users = commands.add_parser("users", help="manage accounts").add_subparsers(
+        dest="users_command", required=True, metavar="ACTION"
+    )
+    create = users.add_parser(
+        "create",
+        help="create an active account",
+        description="Create an active, verified "
+        "account. The password is read from standard input with --password-stdin, otherwise "
+        "asked for twice on the terminal.",
+    )
+    create.add_argument("email")
+    create.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of standard input",
+    )
+
+    outbox = commands.add_parser("outbox", help="inspect and re-drive mail").add_subparsers(
+        dest="outbox_command", required=True, metavar="ACTION"
+    )
+    listing = outbox.add_parser("list", help="list outbox messages (newest last)")
+    listing.add_argument(
+        "--status", choices=["queued", "done", "dead"], help="only messages in this state"
+    )
+    retry = outbox.add_parser("retry", help="queue a dead letter for delivery again")
+    retry.add_argument("id", type=uuid.UUID)
+    outbox.add_parser("purge", help="delete finished messages and dead letters")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        for err in exc.errors():
+            name = "CHASER_AUTH_" + "_".join(str(p) for p in err["loc"]).upper()
+            print(f"chaser-auth: configuration: {name}: {err['msg']}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        return _dispatch(args, settings)
+    except ChaserError as exc:
+        print(f"chaser-auth: {exc.text}", file=sys.stderr)
+        for detail in exc.details:
+            print(f"  - {detail.get('message', detail)}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "serve":
+        return serve(settings, args.host, args.port, args.workers, not args.no_worker)
+    if args.command == "migrate":
+        migrate.upgrade(settings.database_url)
+        print("database is at the newest schema")
+        return 0
+    if args.command == "worker":
+        migrate.upgrade(settings.database_url)
+        return _run(settings, _worker)
+    if args.command == "users":
+        password = _read_password(args.password_stdin)
+        return _run(settings, lambda rt: _create_user(rt, args.email, password))
+    if args.command == "outbox":
+        return _run(settings, lambda rt: _outbox(rt, args))
+    raise AssertionError(args.command)
+
+
+def serve(settings: Settings, host: str, port: int, workers: int, embedded_worker: bool) -> int:
+    import uvicorn
+
+    from chaser_auth.app import create_app
+
+    migrate.upgrade(settings.database_url)
+    load_secret_key(settings)  # create it once here, before any worker process starts
+    common: dict[str, Any] = {
+        "host": host,
+        "port": port,
+        "log_config": None,
+        "access_log": False,
+        "server_header": False,
+        "proxy_headers": False,  # X-Forwarded-For is judged by CHASER_AUTH_TRUSTED_PROXIES
+        "timeout_graceful_shutdown": 20,
+    }
+    log.info(
+        "serving on http://%s:%d (%d process%s, delivery worker %s)",
+        host,
+        port,
+        workers,
+        "" if workers == 1 else "es",
+        "in-process" if embedded_worker else "off",
+    )
+    if workers == 1:
+        uvicorn.run(
+            create_app(settings.model_copy(update={"embedded_worker": embedded_worker})), **common
+        )
+    else:
+        os.environ["CHASER_AUTH_EMBEDDED_WORKER"] = "true" if embedded_worker else "false"
+        uvicorn.run("chaser_auth.app:app_from_environment", factory=True, workers=workers, **common)
+    return 0
+
+
+def _run(settings: Settings, job: Callable[[Runtime], Awaitable[int]]) -> int:
+    async def main() -> int:
+        runtime = Runtime.build(settings)
+        try:
+            return await job(runtime)
+        finally:
+            await runtime.close()
+
+    return asyncio.run(main())
+
+
+async def _worker(runtime: Runtime) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await runtime.worker().run(stop)
+    return 0
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise ChaserError("No terminal to ask for a password on: use --password-stdin.")
+    first = getpass.getpass("Password: ")
+    if first != getpass.getpass("Password (again): "):
+        raise ChaserError("The two passwords differ.")
+    return first
+
+
+async def _create_user(runtime: Runtime, email: str, password: str) -> int:
+    await runtime.store.ping()
+    user = await runtime.accounts.create(email, password)
+    print(f"created account {user.id}")
+    return 0
+
+
+async def _outbox(runtime: Runtime, args: argparse.Namespace) -> int:
+    now = runtime.clock()
+    async with runtime.store.tx() as tx:
+        if args.outbox_command == "list":
+            rows = await tx.outbox.listing(args.status)
+            print(
+                f"{'id':36}  {'kind':24} {'status':7} {'tries':>5}  {'created':20} "
+                f"{'outcome / last error'}"
+            )
+            for row in rows:
+                print(
+                    f"{row.id!s:36}  {row.kind:24} {row.status:7} {row.attempts:>5}  "
+                    f"{row.created_at:%Y-%m-%dT%H:%M:%SZ} {row.outcome or row.last_error or ''}"
+                )
+            return 0
+        if args.outbox_command == "retry":
+            if not await tx.outbox.revive(args.id, now):
+                print(f"chaser-auth: no dead letter {args.id}", file=sys.stderr)
+                return 1
+            print(f"queued {args.id} for delivery")
+            return 0
+        count = await tx.outbox.purge()
+        print(f"purged {count} message{'s' if count != 1 else ''}")
+        return 0

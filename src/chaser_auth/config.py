@@ -1,0 +1,128 @@
+"""Settings: read once from the environment (and `.env`), then passed in — never a module global.
+
+Every field maps to `CHASER_AUTH_<FIELD>`; the README's configuration table is this class.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from limits import RateLimitItem, parse
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+SECRET_KEY_BYTES = 32
+
+
+def _rate(value: str) -> str:
+    parse(value)  # raises ValueError on a string the `limits` library cannot read
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CHASER_AUTH_",
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+    )
+
+    database_url: str = "sqlite+aiosqlite:///./var/chaser-auth.db"
+    redis_url: str | None = None
+    smtp_url: str | None = None
+    smtp_timeout: Annotated[float, Field(gt=0)] = 10.0
+    mail_from: str = "Chaser <no-reply@localhost>"
+    mail_dir: Path = Path("./var/mail")
+    templates_dir: Path | None = None
+    public_url: str = "http://localhost:8000"
+    app_url: str | None = None
+    secret_key: SecretStr | None = None
+    secret_key_file: Path = Path("./var/secret_key")
+
+    reset_token_ttl: Annotated[int, Field(gt=0)] = 1800
+    verify_token_ttl: Annotated[int, Field(gt=0)] = 86400
+    session_idle_ttl: Annotated[int, Field(gt=0)] = 604800
+    session_max_ttl: Annotated[int, Field(gt=0)] = 2592000
+
+    rate_limit_reset_per_ip: str = "10/minute"
+    rate_limit_reset_per_address: str = "3/hour"
+    rate_limit_login: str = "10/minute"
+    trusted_proxies: str | None = None
+
+    password_min_length: Annotated[int, Field(ge=8, le=128)] = 15
+    notify_unknown: bool = False
+
+    mail_max_attempts: Annotated[int, Field(ge=1)] = 8
+    mail_retry_base: Annotated[float, Field(gt=0)] = 5.0
+    mail_retry_max: Annotated[float, Field(gt=0)] = 3600.0
+    mail_rate: str | None = None
+    worker_poll_interval: Annotated[float, Field(gt=0)] = 1.0
+    worker_lease: Annotated[int, Field(gt=0)] = 120
+    embedded_worker: bool = True
+
+    # argon2id cost (RFC 9106 "second recommended option" by default: t=3, m=64 MiB, p=4).
+    argon2_time_cost: Annotated[int, Field(ge=1)] = 3
+    argon2_memory_cost: Annotated[int, Field(ge=8)] = 65536
+    argon2_parallelism: Annotated[int, Field(ge=1)] = 4
+
+    log_level: str = "INFO"
+
+    @field_validator(
+        "rate_limit_reset_per_ip", "rate_limit_reset_per_address", "rate_limit_login", "mail_rate"
+    )
+    @classmethod
+    def _rate_string(cls, value: str | None) -> str | None:
+        return value if value is None else _rate(value)
+
+    @field_validator("public_url", "app_url")
+    @classmethod
+    def _absolute_http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an absolute http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_scheme(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if urlsplit(value).scheme not in ("smtp", "smtp+starttls", "smtps"):
+            raise ValueError("must start with smtp://, smtp+starttls:// or smtps://")
+        return value
+
+    def limit(self, name: str) -> RateLimitItem:
+        return parse(str(getattr(self, name)))
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def load_secret_key(settings: Settings) -> bytes:
+    """The server secret: from the setting, else from `secret_key_file`, created once (mode 600).
+
+    Creation uses O_EXCL so that several processes starting at once agree on one key.
+    """
+    if settings.secret_key is not None:
+        return settings.secret_key.get_secret_value().encode()
+    path = settings.secret_key_file
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(SECRET_KEY_BYTES).encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes().strip()
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key)
+    return key

@@ -1,0 +1,221 @@
+"""Password recovery: the rules, split between the two halves of the flow.
+
+Request path (`request`): record what the client typed, durably, and nothing else. It must not
+branch on whether an account exists — no look-up, no hashing, no mail — so that status, body,
+headers and timing are the same for every address (OWASP Forgot Password Cheat Sheet,
+"Return a consistent message for both existent and non-existent accounts"). Everything that
+depends on the account happens in the delivery worker (`prepare_reset`).
+
+Confirm path (`check`, `confirm`): see `tokens` for the numbered reasons a link stops working.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from chaser_auth.domain import tokens
+from chaser_auth.domain.addresses import address_key, stored_form
+from chaser_auth.domain.clock import Clock
+from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
+from chaser_auth.domain.sessions import AuthResult, SessionService
+from chaser_auth.errors import InvalidToken
+from chaser_auth.store.repositories import Store, Tx
+from chaser_auth.store.tables import OutboxMessage, ResetToken, User
+
+RESET_REQUEST = "password_reset_request"
+PASSWORD_CHANGED = "password_changed"  # noqa: S105 - an outbox kind, not a secret
+RESET_PURPOSE = "reset"
+
+
+def may_receive_reset(user: User | None) -> bool:
+    """Who may get a reset link — the one place this is decided (cf. Django's
+    `PasswordResetForm.get_users`): an account that exists and is active."""
+    return user is not None and user.is_active
+
+
+@dataclass(frozen=True)
+class Letter:
+    """What the worker should send: a template, the stored address, the template's context."""
+
+    template: str
+    to: str
+    context: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Nothing to send; `outcome` is recorded on the outbox row."""
+
+    outcome: str
+
+
+class AddressLimit(Protocol):
+    """The per-address limit on reset mail, as the domain sees it: may one more go to `subject`?"""
+
+    async def allow(self, subject: str) -> bool: ...
+
+
+class RecoveryService:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        secret: bytes,
+        reset_ttl: int,
+        public_url: str,
+        policy: PasswordPolicy,
+        hasher: PasswordHasher,
+        sessions: SessionService,
+        notify_unknown: bool,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.secret = secret
+        self.ttl = timedelta(seconds=reset_ttl)
+        self.public_url = public_url
+        self.policy = policy
+        self.hasher = hasher
+        self.sessions = sessions
+        self.notify_unknown = notify_unknown
+
+    # -- request path -------------------------------------------------------------------------
+
+    async def request(self, raw_email: str) -> None:
+        async with self.store.tx() as tx:
+            await tx.outbox.enqueue(RESET_REQUEST, self.clock(), payload={"email": raw_email})
+
+    # -- worker -------------------------------------------------------------------------------
+
+    def subject(self, raw_email: str) -> str:
+        return tokens.keyed_hash(self.secret, address_key(raw_email) or raw_email)
+
+    async def prepare_reset(self, job: OutboxMessage, limit: AddressLimit) -> Letter | Skip:
+        now = self.clock()
+        if job.user_id is not None:  # resolved on an earlier attempt: resend the same link
+            return await self._resend(job, now)
+        raw = str((job.payload or {}).get("email", ""))
+        key = address_key(raw)
+        subject = self.subject(raw)
+        async with self.store.tx() as tx:
+            user = await tx.users.by_key(key) if key else None
+            if user is None or not may_receive_reset(user):
+                await tx.audit.record("reset_requested", now, subject=subject)
+                if not (self.notify_unknown and key and user is None):
+                    return Skip("no_account")
+                if not await limit.allow(subject):
+                    return Skip("suppressed")
+                return Letter("reset_unknown", stored_form(raw), {"public_url": self.public_url})
+            await tx.audit.record("reset_requested", now, user_id=user.id, subject=subject)
+            if not await limit.allow(subject):
+                await tx.audit.record("reset_suppressed", now, user_id=user.id, subject=subject)
+                return Skip("suppressed")
+            token = await self._mint(tx, user, job.id, now)
+        return self._reset_letter(user, token)
+
+    async def _mint(self, tx: Tx, user: User, job_id: uuid.UUID, now: datetime) -> str:
+        # A newer link revokes every older one (reason 3 in `tokens`).
+        await tx.reset_tokens.revoke_all(user.id, now)
+        token = tokens.derive(self.secret, RESET_PURPOSE, job_id)
+        await tx.reset_tokens.add(
+            ResetToken(
+                id=uuid.uuid4(),
+                user_id=user.id,
+                token_digest=tokens.digest(self.secret, token),
+                outbox_id=job_id,
+                created_at=now,
+                expires_at=now + self.ttl,
+            )
+        )
+        await tx.outbox.resolve(job_id, user.id)
+        await tx.audit.record("reset_token_issued", now, user_id=user.id)
+        return token
+
+    async def _resend(self, job: OutboxMessage, now: datetime) -> Letter | Skip:
+        async with self.store.tx() as tx:
+            row = await tx.reset_tokens.by_outbox(job.id)
+            user = await tx.users.get(job.user_id) if job.user_id else None
+        if row is None or user is None or not self._usable(row, user, now):
+            return Skip("stale")  # superseded, used or expired meanwhile: a dead link helps nobody
+        return self._reset_letter(user, tokens.derive(self.secret, RESET_PURPOSE, job.id))
+
+    def _reset_letter(self, user: User, token: str) -> Letter:
+        return Letter(
+            "password_reset",
+            user.email,
+            {
+                "link": f"{self.public_url}/reset-password#token={token}",
+                "ttl_minutes": int(self.ttl.total_seconds() // 60),
+            },
+        )
+
+    async def prepare_changed_notice(self, job: OutboxMessage) -> Letter | Skip:
+        async with self.store.tx() as tx:
+            user = await tx.users.get(job.user_id) if job.user_id else None
+        if user is None:
+            return Skip("no_account")
+        changed = user.password_changed_at or job.created_at
+        return Letter(
+            "password_changed",
+            user.email,
+            {
+                "changed_at": changed.strftime("%Y-%m-%d %H:%M UTC"),
+                "forgot_link": f"{self.public_url}/forgot-password",
+            },
+        )
+
+    # -- confirm path -------------------------------------------------------------------------
+
+    @staticmethod
+    def _usable(row: ResetToken, user: User, now: datetime) -> bool:
+        return (
+            row.used_at is None
+            and row.revoked_at is None
+            and now <= row.expires_at
+            and may_receive_reset(user)
+        )
+
+    async def check(self, token: str) -> tuple[ResetToken, User]:
+        """The token's row and account if the token may be used now; else InvalidToken.
+
+        Never changes anything: the verify endpoint and the page call this freely."""
+        if not tokens.is_well_formed(token):
+            raise InvalidToken()
+        now = self.clock()
+        async with self.store.tx() as tx:
+            row = await tx.reset_tokens.by_digest(tokens.digest(self.secret, token))
+            user = await tx.users.get(row.user_id) if row is not None else None
+        if row is None or user is None or not self._usable(row, user, now):
+            raise InvalidToken()
+        return row, user
+
+    async def confirm(self, token: str, password: str) -> AuthResult:
+        row, user = await self.check(token)
+        # Policy before consuming: a refused password leaves the link usable (SPEC §2.2).
+        self.policy.check(password, user.email)
+        password_hash = await self.hasher.hash(password)
+        now = self.clock()
+        result: AuthResult | None = None
+        async with self.store.tx() as tx:
+            # The single UPDATE is the arbiter: of two concurrent confirms, one changes the row.
+            consumed = await tx.reset_tokens.consume(row.id, now)
+            if consumed and may_receive_reset(await tx.users.get(user.id)):
+                await tx.users.set_password(user.id, password_hash, now)
+                await tx.reset_tokens.revoke_all(user.id, now)
+                revoked = await tx.sessions.revoke_all(user.id, now)
+                result = await self.sessions.open(tx, user, now)
+                await tx.outbox.enqueue(PASSWORD_CHANGED, now, user_id=user.id)
+                await tx.audit.record(
+                    "password_reset_completed",
+                    now,
+                    user_id=user.id,
+                    detail={"sessions_revoked": revoked},
+                )
+            else:
+                await tx.audit.record("reset_confirm_failed", now, user_id=user.id)
+        if result is None:
+            raise InvalidToken()
+        return result

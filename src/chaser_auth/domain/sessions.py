@@ -1,0 +1,85 @@
+"""Sessions: opaque bearer tokens (256 bits, only their digest stored) with an idle timeout and
+an absolute lifetime (OWASP Session Management Cheat Sheet, "Session Expiration").
+
+Revocation is a column checked on every request, so it takes effect on the very next one."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from chaser_auth.domain import tokens
+from chaser_auth.domain.clock import Clock
+from chaser_auth.errors import NotAuthenticated
+from chaser_auth.store.repositories import Store, Tx
+from chaser_auth.store.tables import Session, User
+
+# last_seen_at is written at most this often, so a busy client does not write on every request;
+# the idle timeout is therefore exact to within this margin.
+TOUCH_INTERVAL = timedelta(seconds=60)
+
+
+@dataclass(frozen=True)
+class AuthResult:
+    user_id: uuid.UUID
+    email: str
+    token: str
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    session: Session
+    user: User
+
+
+class SessionService:
+    def __init__(
+        self, store: Store, clock: Clock, secret: bytes, idle_ttl: int, max_ttl: int
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.secret = secret
+        self.idle = timedelta(seconds=idle_ttl)
+        self.max = timedelta(seconds=max_ttl)
+
+    async def open(self, tx: Tx, user: User, now: datetime) -> AuthResult:
+        """Start a session inside the caller's transaction (so it exists iff the change does)."""
+        token = tokens.new_token()
+        await tx.sessions.add(
+            Session(
+                id=uuid.uuid4(),
+                user_id=user.id,
+                token_digest=tokens.digest(self.secret, token),
+                created_at=now,
+                last_seen_at=now,
+                expires_at=now + self.max,
+            )
+        )
+        return AuthResult(user_id=user.id, email=user.email, token=token)
+
+    async def authenticate(self, token: str | None) -> Authenticated:
+        if not token or not tokens.is_well_formed(token):
+            raise NotAuthenticated()
+        now = self.clock()
+        async with self.store.tx() as tx:
+            session = await tx.sessions.by_digest(tokens.digest(self.secret, token))
+            if session is None or not self._alive(session, now):
+                raise NotAuthenticated()
+            user = await tx.users.get(session.user_id)
+            if user is None or not user.is_active:
+                raise NotAuthenticated()
+            if now - session.last_seen_at >= TOUCH_INTERVAL:
+                await tx.sessions.touch(session.id, now)
+        return Authenticated(session=session, user=user)
+
+    def _alive(self, session: Session, now: datetime) -> bool:
+        return (
+            session.revoked_at is None
+            and now <= session.expires_at
+            and now <= session.last_seen_at + self.idle
+        )
+
+    async def revoke(self, session_id: uuid.UUID) -> None:
+        async with self.store.tx() as tx:
+            await tx.sessions.revoke(session_id, self.clock())

@@ -1,0 +1,66 @@
+"""Bearer secrets: reset links, session tokens — how they are made, stored and checked.
+
+A token is 256 bits from the OS CSPRNG (or, for a reset link, an HMAC of the server secret;
+see `derive`), written as unpadded base64url: 43 characters of `[A-Za-z0-9_-]`.
+
+Only `digest(token)` — HMAC-SHA256 under the server secret — is ever stored. A copy of the
+database alone therefore yields no usable token, and without the secret one cannot even test
+a guess offline (OWASP Forgot Password Cheat Sheet: "store tokens hashed").
+
+A reset token stops working, checked in this order (`recovery.ResetService.check`):
+  1. its digest is not in the table (never issued, or mistyped);
+  2. it was used: `used_at` is set by the one UPDATE that consumes it, so of two concurrent
+     confirms exactly one changes the row (SPEC §2.2);
+  3. it was revoked: a newer link for the same account, any password change, or a successful
+     reset revokes every outstanding link of the account at once;
+  4. it expired: valid while now <= expires_at (valid at TTL, dead at TTL + 1 s);
+  5. its account was disabled or deleted.
+The look-up is by digest, which an attacker cannot steer, so the database's index walk leaks
+nothing about how close a guess was; no comparison of secret bytes happens in Python.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+import secrets
+import uuid
+
+TOKEN_BYTES = 32
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{43,128}")
+
+
+def _b64(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def new_token() -> str:
+    return _b64(secrets.token_bytes(TOKEN_BYTES))
+
+
+def derive(secret: bytes, purpose: str, job_id: uuid.UUID) -> str:
+    """The reset link's token for outbox job `job_id`.
+
+    Derived rather than stored so that a retry after an SMTP failure or a worker crash sends
+    the very same link (and Message-ID) without the outbox ever holding the token: only a
+    holder of the server secret can compute it (SPEC §3).
+    """
+    mac = hmac.new(secret, f"chaser-auth/{purpose}/".encode() + job_id.bytes, hashlib.sha256)
+    return _b64(mac.digest())
+
+
+def digest(secret: bytes, token: str) -> str:
+    return hmac.new(secret, b"chaser-auth/digest/" + token.encode(), hashlib.sha256).hexdigest()
+
+
+def is_well_formed(token: str) -> bool:
+    return TOKEN_PATTERN.fullmatch(token) is not None
+
+
+def keyed_hash(secret: bytes, value: str) -> str:
+    """A stable pseudonym for an address in logs, audit rows and limiter keys."""
+    return hmac.new(secret, b"chaser-auth/subject/" + value.encode(), hashlib.sha256).hexdigest()[
+        :32
+    ]

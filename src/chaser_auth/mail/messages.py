@@ -1,0 +1,76 @@
+"""Rendering: a template name and a context in, a complete RFC 5322 message out.
+
+Templates are Jinja2 (`<name>.subject.txt`, `<name>.txt`, `<name>.html` under mail/templates/).
+An operator overrides any of them by putting a file of the same name in
+`CHASER_AUTH_TEMPLATES_DIR`; the HTML part is autoescaped.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime, parseaddr
+from pathlib import Path
+from typing import Any
+
+from jinja2 import (
+    ChoiceLoader,
+    Environment,
+    FileSystemLoader,
+    PackageLoader,
+    StrictUndefined,
+    select_autoescape,
+)
+
+
+class Renderer:
+    def __init__(self, mail_from: str, override_dir: Path | None = None) -> None:
+        loaders: list[Any] = [PackageLoader("chaser_auth.mail", "templates")]
+        if override_dir is not None:
+            loaders.insert(0, FileSystemLoader(override_dir))
+        self._env = Environment(
+            loader=ChoiceLoader(loaders),
+            autoescape=select_autoescape(["html"], default_for_string=False),
+            undefined=StrictUndefined,
+            keep_trailing_newline=True,
+        )
+        self.mail_from = mail_from
+        domain = parseaddr(mail_from)[1].rpartition("@")[2]
+        self._id_domain = domain or "localhost"
+
+    def message_id(self, job_id: uuid.UUID) -> str:
+        """Stable per outbox row, so a retried send carries the same Message-ID (RFC 5322 §3.6.4)
+        and a receiving system can drop the duplicate."""
+        return f"<{job_id.hex}@{self._id_domain}>"
+
+    def render(
+        self,
+        template: str,
+        *,
+        to: str,
+        job_id: uuid.UUID,
+        date: datetime,
+        context: dict[str, Any],
+    ) -> EmailMessage:
+        subject = self._env.get_template(f"{template}.subject.txt").render(context).strip()
+        text = self._env.get_template(f"{template}.txt").render(context)
+        html = self._env.get_template(f"{template}.html").render(context)
+        message = EmailMessage()
+        message["From"] = self.mail_from
+        local, _, domain = to.rpartition("@")
+        message["To"] = Address(addr_spec=f"{local}@{domain}")
+        message["Subject"] = subject
+        message["Date"] = format_datetime(date)
+        message["Message-ID"] = self.message_id(job_id)
+        message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation auto-replies
+        message.set_content(text, cte=_transfer_encoding(text))
+        message.add_alternative(html, subtype="html", cte=_transfer_encoding(html))
+        return message
+
+
+def _transfer_encoding(body: str) -> str:
+    # Plain 7bit keeps the link on one line: quoted-printable would fold it with "=" soft
+    # breaks, which breaks copy-and-paste from raw `.eml` files and naive mail readers.
+    return "7bit" if body.isascii() else "quoted-printable"

@@ -1,0 +1,186 @@
+"""The delivery worker: outbox → domain → transport.
+
+Each round it claims due rows (a lease, so a crashed worker's rows come back), asks the domain
+what each row should become (a `Letter` to send, or a `Skip`), renders and sends, and records
+the outcome. Delivery is at-least-once: the row is marked done only after the transport
+accepted the message, and a resend carries the same Message-ID and the same link.
+
+Failures back off exponentially with jitter — "equal jitter": half fixed, half random, so
+retries after a shared outage spread out (AWS Architecture Blog, "Exponential Backoff and
+Jitter") — and after `mail_max_attempts`, or at once on a permanent SMTP reply, the row
+becomes a dead letter for `chaser-auth outbox list|retry`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+
+from limits import RateLimitItem
+
+from chaser_auth.domain.clock import Clock
+from chaser_auth.domain.recovery import (
+    PASSWORD_CHANGED,
+    RESET_REQUEST,
+    Letter,
+    RecoveryService,
+    Skip,
+)
+from chaser_auth.mail.messages import Renderer
+from chaser_auth.mail.transport import DeliveryError, MailTransport
+from chaser_auth.ratelimit import Limiter
+from chaser_auth.store.repositories import Store
+from chaser_auth.store.tables import OutboxMessage
+
+log = logging.getLogger("chaser_auth.worker")
+
+BATCH = 16
+
+
+class AddressLimit:
+    def __init__(self, limiter: Limiter, item: RateLimitItem) -> None:
+        self.limiter = limiter
+        self.item = item
+
+    async def allow(self, subject: str) -> bool:
+        return (await self.limiter.hit(self.item, "reset-address", subject)).allowed
+
+
+class Worker:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        clock: Clock,
+        recovery: RecoveryService,
+        renderer: Renderer,
+        transport: MailTransport,
+        address_limit: AddressLimit,
+        limiter: Limiter,
+        mail_rate: RateLimitItem | None,
+        max_attempts: int,
+        retry_base: float,
+        retry_max: float,
+        lease: int,
+        poll_interval: float,
+        wake: asyncio.Event | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.recovery = recovery
+        self.renderer = renderer
+        self.transport = transport
+        self.address_limit = address_limit
+        self.limiter = limiter
+        self.mail_rate = mail_rate
+        self.max_attempts = max_attempts
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self.lease = timedelta(seconds=lease)
+        self.poll_interval = poll_interval
+        self.wake = wake or asyncio.Event()
+        self._handlers: dict[str, Callable[[OutboxMessage], Awaitable[Letter | Skip]]] = {
+            RESET_REQUEST: lambda job: self.recovery.prepare_reset(job, self.address_limit),
+            PASSWORD_CHANGED: self.recovery.prepare_changed_notice,
+        }
+
+    async def run(self, stop: asyncio.Event) -> None:
+        log.info("delivery worker started")
+        while not stop.is_set():
+            try:
+                handled = await self.run_once()
+            except Exception as exc:  # noqa: BLE001 - the loop must outlive a database outage
+                log.warning("worker round failed: %s", type(exc).__name__)
+                handled = 0
+            if handled == 0:
+                await self._idle(stop)
+        log.info("delivery worker stopped")
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        waits = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())]
+        try:
+            await asyncio.wait(waits, timeout=self.poll_interval, return_when="FIRST_COMPLETED")
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        self.wake.clear()
+
+    async def run_once(self) -> int:
+        now = self.clock()
+        async with self.store.tx() as tx:
+            jobs = await tx.outbox.claim(now, now + self.lease, BATCH)
+        for job in jobs:
+            await self._deliver(job)
+        return len(jobs)
+
+    async def _deliver(self, job: OutboxMessage) -> None:
+        try:
+            handler = self._handlers.get(job.kind)
+            if handler is None:
+                await self._fail(job, "unknown_kind", permanent=True)
+                return
+            plan = await handler(job)
+            if isinstance(plan, Skip):
+                await self._finish(job, plan.outcome)
+                return
+            if self.mail_rate is not None and not await self._within_mail_rate(job, self.mail_rate):
+                return
+            message = self.renderer.render(
+                plan.template, to=plan.to, job_id=job.id, date=self.clock(), context=plan.context
+            )
+            await self.transport.send(message)
+        except DeliveryError as exc:
+            await self._fail(job, exc.code, permanent=exc.permanent)
+            return
+        except Exception as exc:  # noqa: BLE001 - one bad row must not stop the others
+            log.exception("delivery of %s failed unexpectedly", job.id, exc_info=False)
+            await self._fail(job, f"error_{type(exc).__name__}", permanent=False)
+            return
+        await self._finish(job, "sent")
+
+    async def _within_mail_rate(self, job: OutboxMessage, rate: RateLimitItem) -> bool:
+        verdict = await self.limiter.hit(rate, "mail-rate", "all")
+        if verdict.allowed:
+            return True
+        # Over the operator's cap: wait for the window, and do not count this as an attempt.
+        at = self.clock() + timedelta(seconds=max(0.0, verdict.reset_at - time.time()))
+        async with self.store.tx() as tx:
+            await tx.outbox.retry_later(job.id, at, "mail_rate", refund=True)
+        return False
+
+    async def _finish(self, job: OutboxMessage, outcome: str) -> None:
+        async with self.store.tx() as tx:
+            await tx.outbox.finish(job.id, outcome, self.clock())
+        log.info("outbox %s %s: %s", job.kind, job.id, outcome)
+
+    def backoff(self, attempts: int) -> float:
+        ceiling = min(self.retry_max, self.retry_base * 2 ** max(0, attempts - 1))
+        return float(ceiling / 2 + random.uniform(0, ceiling / 2))  # noqa: S311 - jitter, not a secret
+
+    async def _fail(self, job: OutboxMessage, code: str, *, permanent: bool) -> None:
+        now: datetime = self.clock()
+        async with self.store.tx() as tx:
+            if permanent or job.attempts >= self.max_attempts:
+                await tx.outbox.bury(job.id, now, code)
+                log.warning(
+                    "outbox %s %s: dead letter after %d attempts (%s)",
+                    job.kind,
+                    job.id,
+                    job.attempts,
+                    code,
+                )
+            else:
+                delay = self.backoff(job.attempts)
+                await tx.outbox.retry_later(job.id, now + timedelta(seconds=delay), code)
+                log.info(
+                    "outbox %s %s: attempt %d failed (%s), retry in %.1fs",
+                    job.kind,
+                    job.id,
+                    job.attempts,
+                    code,
+                    delay,
+                )

@@ -1,0 +1,99 @@
+"""Wiring: from one `Settings` to the services every entry point (API, worker, CLI) uses."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from chaser_auth.config import Settings, load_secret_key
+from chaser_auth.domain.accounts import AccountService
+from chaser_auth.domain.clock import Clock, utcnow
+from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
+from chaser_auth.domain.recovery import RecoveryService
+from chaser_auth.domain.sessions import SessionService
+from chaser_auth.mail.messages import Renderer
+from chaser_auth.mail.transport import FileTransport, MailTransport, SmtpTransport
+from chaser_auth.mail.worker import AddressLimit, Worker
+from chaser_auth.ratelimit import Limiter
+from chaser_auth.store.engine import create_engine
+from chaser_auth.store.repositories import Store
+
+
+def make_transport(settings: Settings) -> MailTransport:
+    if settings.smtp_url:
+        return SmtpTransport(settings.smtp_url, settings.smtp_timeout)
+    return FileTransport(settings.mail_dir)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    clock: Clock
+    secret: bytes
+    store: Store
+    limiter: Limiter
+    policy: PasswordPolicy
+    hasher: PasswordHasher
+    sessions: SessionService
+    accounts: AccountService
+    recovery: RecoveryService
+    wake: asyncio.Event
+
+    @classmethod
+    def build(cls, settings: Settings, clock: Clock = utcnow) -> Runtime:
+        secret = load_secret_key(settings)
+        store = Store(create_engine(settings.database_url))
+        policy = PasswordPolicy(settings.password_min_length)
+        hasher = PasswordHasher(
+            settings.argon2_time_cost, settings.argon2_memory_cost, settings.argon2_parallelism
+        )
+        sessions = SessionService(
+            store, clock, secret, settings.session_idle_ttl, settings.session_max_ttl
+        )
+        return cls(
+            settings=settings,
+            clock=clock,
+            secret=secret,
+            store=store,
+            limiter=Limiter(settings.redis_url),
+            policy=policy,
+            hasher=hasher,
+            sessions=sessions,
+            accounts=AccountService(
+                store=store, clock=clock, policy=policy, hasher=hasher, sessions=sessions
+            ),
+            recovery=RecoveryService(
+                store=store,
+                clock=clock,
+                secret=secret,
+                reset_ttl=settings.reset_token_ttl,
+                public_url=settings.public_url,
+                policy=policy,
+                hasher=hasher,
+                sessions=sessions,
+                notify_unknown=settings.notify_unknown,
+            ),
+            wake=asyncio.Event(),
+        )
+
+    def worker(self, transport: MailTransport | None = None) -> Worker:
+        s = self.settings
+        return Worker(
+            store=self.store,
+            clock=self.clock,
+            recovery=self.recovery,
+            renderer=Renderer(s.mail_from, s.templates_dir),
+            transport=transport or make_transport(s),
+            address_limit=AddressLimit(self.limiter, s.limit("rate_limit_reset_per_address")),
+            limiter=self.limiter,
+            mail_rate=s.limit("mail_rate") if s.mail_rate else None,
+            max_attempts=s.mail_max_attempts,
+            retry_base=s.mail_retry_base,
+            retry_max=s.mail_retry_max,
+            lease=s.worker_lease,
+            poll_interval=s.worker_poll_interval,
+            wake=self.wake,
+        )
+
+    async def close(self) -> None:
+        await self.store.close()

@@ -1,0 +1,313 @@
+"""SQL lives here and only here. One `Tx` is one database transaction with a repository per
+table; the domain asks it questions and tells it what changed."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import CursorResult, delete, func, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from chaser_auth.store.tables import AuditEvent, OutboxMessage, ResetToken, Session, User
+
+QUEUED, DONE, DEAD = "queued", "done", "dead"
+
+
+def _rowcount(result: Any) -> int:
+    return cast(CursorResult[Any], result).rowcount
+
+
+@dataclass
+class Users:
+    db: AsyncSession
+
+    async def by_key(self, email_key: str) -> User | None:
+        return await self.db.scalar(select(User).where(User.email_key == email_key))
+
+    async def get(self, user_id: uuid.UUID) -> User | None:
+        return await self.db.get(User, user_id)
+
+    async def add(self, user: User) -> None:
+        self.db.add(user)
+        await self.db.flush()
+
+    async def set_password(self, user_id: uuid.UUID, password_hash: str, now: datetime) -> None:
+        await self.db.execute(
+            update(User)
+            .where(User.id == user_id)
+            .values(password_hash=password_hash, password_changed_at=now, email_verified=True)
+        )
+
+    async def replace_hash(self, user_id: uuid.UUID, password_hash: str) -> None:
+        await self.db.execute(
+            update(User).where(User.id == user_id).values(password_hash=password_hash)
+        )
+
+    async def all(self) -> Sequence[User]:
+        return (await self.db.scalars(select(User).order_by(User.created_at))).all()
+
+
+@dataclass
+class Sessions:
+    db: AsyncSession
+
+    async def add(self, session: Session) -> None:
+        self.db.add(session)
+        await self.db.flush()
+
+    async def by_digest(self, token_digest: str) -> Session | None:
+        return await self.db.scalar(select(Session).where(Session.token_digest == token_digest))
+
+    async def touch(self, session_id: uuid.UUID, now: datetime) -> None:
+        await self.db.execute(
+            update(Session).where(Session.id == session_id).values(last_seen_at=now)
+        )
+
+    async def revoke(self, session_id: uuid.UUID, now: datetime) -> None:
+        await self.db.execute(
+            update(Session)
+            .where(Session.id == session_id, Session.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+
+    async def revoke_all(self, user_id: uuid.UUID, now: datetime) -> int:
+        result = await self.db.execute(
+            update(Session)
+            .where(Session.user_id == user_id, Session.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        return _rowcount(result)
+
+
+@dataclass
+class ResetTokens:
+    db: AsyncSession
+
+    async def add(self, token: ResetToken) -> None:
+        self.db.add(token)
+        await self.db.flush()
+
+    async def by_digest(self, token_digest: str) -> ResetToken | None:
+        return await self.db.scalar(
+            select(ResetToken).where(ResetToken.token_digest == token_digest)
+        )
+
+    async def by_outbox(self, outbox_id: uuid.UUID) -> ResetToken | None:
+        return await self.db.scalar(select(ResetToken).where(ResetToken.outbox_id == outbox_id))
+
+    async def consume(self, token_id: uuid.UUID, now: datetime) -> bool:
+        """Mark the token used if, at this instant, it still may be; True for the one winner."""
+        result = await self.db.execute(
+            update(ResetToken)
+            .where(
+                ResetToken.id == token_id,
+                ResetToken.used_at.is_(None),
+                ResetToken.revoked_at.is_(None),
+                ResetToken.expires_at >= now,
+            )
+            .values(used_at=now)
+        )
+        return _rowcount(result) == 1
+
+    async def revoke_all(self, user_id: uuid.UUID, now: datetime) -> int:
+        result = await self.db.execute(
+            update(ResetToken)
+            .where(
+                ResetToken.user_id == user_id,
+                ResetToken.used_at.is_(None),
+                ResetToken.revoked_at.is_(None),
+            )
+            .values(revoked_at=now)
+        )
+        return _rowcount(result)
+
+
+@dataclass
+class Outbox:
+    db: AsyncSession
+
+    async def enqueue(
+        self,
+        kind: str,
+        now: datetime,
+        *,
+        payload: dict[str, Any] | None = None,
+        user_id: uuid.UUID | None = None,
+    ) -> uuid.UUID:
+        message = OutboxMessage(
+            id=uuid.uuid4(),
+            kind=kind,
+            status=QUEUED,
+            payload=payload,
+            user_id=user_id,
+            attempts=0,
+            created_at=now,
+            available_at=now,
+        )
+        self.db.add(message)
+        await self.db.flush()
+        return message.id
+
+    async def claim(
+        self, now: datetime, lease_until: datetime, limit: int
+    ) -> Sequence[OutboxMessage]:
+        """Take up to `limit` due messages for this worker until `lease_until`.
+
+        `FOR UPDATE SKIP LOCKED` lets workers on PostgreSQL claim side by side without waiting
+        on each other; SQLite ignores it (BEGIN IMMEDIATE already serialises writers). A claim
+        whose worker died is taken over once its lease has run out.
+        """
+        due = (
+            select(OutboxMessage.id)
+            .where(
+                OutboxMessage.status == QUEUED,
+                OutboxMessage.available_at <= now,
+                or_(OutboxMessage.locked_until.is_(None), OutboxMessage.locked_until < now),
+            )
+            .order_by(OutboxMessage.available_at)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        ids = (await self.db.scalars(due)).all()
+        if not ids:
+            return []
+        await self.db.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id.in_(ids))
+            .values(locked_until=lease_until, attempts=OutboxMessage.attempts + 1)
+        )
+        rows = await self.db.scalars(
+            select(OutboxMessage)
+            .where(OutboxMessage.id.in_(ids))
+            .order_by(OutboxMessage.available_at)
+            .execution_options(populate_existing=True)
+        )
+        return rows.all()
+
+    async def resolve(self, message_id: uuid.UUID, user_id: uuid.UUID) -> None:
+        """A request has been matched to an account: forget what the client typed."""
+        await self.db.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id == message_id)
+            .values(user_id=user_id, payload=None)
+        )
+
+    async def finish(self, message_id: uuid.UUID, outcome: str, now: datetime) -> None:
+        await self.db.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id == message_id)
+            .values(
+                status=DONE,
+                outcome=outcome,
+                finished_at=now,
+                locked_until=None,
+                payload=None,
+                last_error=None,
+            )
+        )
+
+    async def retry_later(
+        self, message_id: uuid.UUID, at: datetime, error: str, *, refund: bool = False
+    ) -> None:
+        """Put a claimed row back for `at`; `refund` gives back the attempt its claim counted."""
+        await self.db.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id == message_id)
+            .values(
+                available_at=at,
+                locked_until=None,
+                last_error=error,
+                attempts=OutboxMessage.attempts - (1 if refund else 0),
+            )
+        )
+
+    async def bury(self, message_id: uuid.UUID, now: datetime, error: str) -> None:
+        await self.db.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id == message_id)
+            .values(status=DEAD, finished_at=now, locked_until=None, last_error=error)
+        )
+
+    async def revive(self, message_id: uuid.UUID, now: datetime) -> bool:
+        result = await self.db.execute(
+            update(OutboxMessage)
+            .where(OutboxMessage.id == message_id, OutboxMessage.status == DEAD)
+            .values(status=QUEUED, attempts=0, available_at=now, finished_at=None)
+        )
+        return _rowcount(result) == 1
+
+    async def purge(self) -> int:
+        result = await self.db.execute(
+            delete(OutboxMessage).where(OutboxMessage.status.in_((DONE, DEAD)))
+        )
+        return _rowcount(result)
+
+    async def listing(self, status: str | None = None) -> Sequence[OutboxMessage]:
+        query = select(OutboxMessage).order_by(OutboxMessage.created_at)
+        if status is not None:
+            query = query.where(OutboxMessage.status == status)
+        return (await self.db.scalars(query)).all()
+
+    async def depth(self) -> int:
+        count = await self.db.scalar(
+            select(func.count()).select_from(OutboxMessage).where(OutboxMessage.status == QUEUED)
+        )
+        return int(count or 0)
+
+
+@dataclass
+class Audit:
+    db: AsyncSession
+
+    async def record(
+        self,
+        event: str,
+        now: datetime,
+        *,
+        user_id: uuid.UUID | None = None,
+        subject: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        self.db.add(
+            AuditEvent(at=now, event=event, user_id=user_id, subject=subject, detail=detail)
+        )
+
+    async def events(self, event: str | None = None) -> Sequence[AuditEvent]:
+        query = select(AuditEvent).order_by(AuditEvent.id)
+        if event is not None:
+            query = query.where(AuditEvent.event == event)
+        return (await self.db.scalars(query)).all()
+
+
+class Tx:
+    def __init__(self, db: AsyncSession) -> None:
+        self.db = db
+        self.users = Users(db)
+        self.sessions = Sessions(db)
+        self.reset_tokens = ResetTokens(db)
+        self.outbox = Outbox(db)
+        self.audit = Audit(db)
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @asynccontextmanager
+    async def tx(self) -> AsyncIterator[Tx]:
+        """One transaction: committed when the block ends, rolled back if it raises."""
+        async with self._sessions() as db, db.begin():
+            yield Tx(db)
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+
+    async def close(self) -> None:
+        await self.engine.dispose()
