@@ -17,7 +17,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -33,6 +33,7 @@ from chaser_auth.app import create_app
 from chaser_auth.config import Settings
 from chaser_auth.runtime import Runtime
 from chaser_auth.store import migrate
+from chaser_auth.store.tables import OutboxMessage
 
 STRICT = os.environ.get("CHASER_AUTH_TEST_STRICT") == "1"
 LINK = re.compile(r"(http://[^\s\"<>]+)/reset-password#token=([A-Za-z0-9_-]{43,})")
@@ -86,21 +87,22 @@ class SmtpSink:
     """aiosmtpd handler: accepts every message, or refuses with `fail_with` while it is set."""
 
     messages: list[Received] = field(default_factory=list)
+    refused: list[Received] = field(default_factory=list)
     fail_with: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
-        if self.fail_with:
-            return self.fail_with
         parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(parsed, EmailMessage)
+        received = Received(envelope.mail_from, list(envelope.rcpt_tos), parsed)
         with self.lock:
-            self.messages.append(Received(envelope.mail_from, list(envelope.rcpt_tos), parsed))
-        return "250 OK"
+            (self.refused if self.fail_with else self.messages).append(received)
+        return self.fail_with or "250 OK"
 
     def to(self, address: str) -> list[Received]:
         with self.lock:
-            return [m for m in self.messages if address in m.recipients]
+            wanted = address.strip().lower()
+            return [m for m in self.messages if wanted in (r.lower() for r in m.recipients)]
 
     async def wait_for(
         self, count: int, timeout: float = 10.0, *, to: str | None = None
@@ -196,6 +198,23 @@ class Served:
                     return
             await asyncio.sleep(0.02)
         raise AssertionError("the outbox did not drain")
+
+    async def outbox_until(
+        self, predicate: Callable[[list[OutboxMessage]], bool], timeout: float = 10.0
+    ) -> list[OutboxMessage]:
+        """Poll the outbox until `predicate` holds, moving the clock on a second per poll so
+        that backed-off retries fall due without real waiting."""
+        deadline = time.monotonic() + timeout
+        while True:
+            async with self.runtime.store.tx() as tx:
+                rows = list(await tx.outbox.listing())
+            if predicate(rows):
+                return rows
+            if time.monotonic() > deadline:
+                raise AssertionError(f"outbox never reached the expected state: {rows}")
+            self.clock.advance(1)
+            self.runtime.wake.set()
+            await asyncio.sleep(0.02)
 
     async def reset_link(self, email: str, *, expect: int = 1) -> tuple[str, str]:
         """Ask for a reset for `email` and return (link, token) of the newest message."""

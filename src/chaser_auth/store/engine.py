@@ -9,6 +9,7 @@ PostgreSQL: asyncpg, READ COMMITTED; single-use updates rely on row locks.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+# aiosqlite logs every statement *with its parameters* (addresses, digests) at DEBUG; an
+# operator who turns on DEBUG to chase a problem must not get personal data in the logs.
+logging.getLogger("aiosqlite").setLevel(logging.INFO)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -30,10 +35,12 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     path = sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+    # hide_parameters: SQLAlchemy's own SQL logging and its exception messages never carry
+    # bound values (an IntegrityError would otherwise quote the address).
     if not url.startswith("sqlite"):
-        return create_async_engine(url, pool_pre_ping=True, **kwargs)
+        return create_async_engine(url, pool_pre_ping=True, hide_parameters=True, **kwargs)
 
-    engine = create_async_engine(url, **kwargs)
+    engine = create_async_engine(url, hide_parameters=True, **kwargs)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

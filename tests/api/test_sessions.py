@@ -1,0 +1,116 @@
+"""Login, /auth/me, logout, and the session lifetimes (SPEC §2.4, the part issue 2 needs)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.conftest import PASSWORD, FakeClock, Served, Smtp, make_settings, serve
+
+
+async def login(app: Served, email: str, password: str = PASSWORD) -> tuple[int, dict]:
+    response = await app.client.post("/auth/login", json={"email": email, "password": password})
+    return response.status_code, response.json()
+
+
+async def me(app: Served, token: str) -> int:
+    response = await app.client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
+    return response.status_code
+
+
+async def test_login_returns_an_auth_response_for_any_spelling_of_the_address(app: Served) -> None:
+    user_id = await app.create_user("Carol@Example.com")
+    status, body = await login(app, "  carol@EXAMPLE.com")
+    assert status == 200
+    assert body["email"] == "Carol@example.com"
+    assert body["user_id"] == user_id
+    assert len(body["token"]) >= 43
+    response = await app.client.get(
+        "/auth/me", headers={"Authorization": f"Bearer {body['token']}"}
+    )
+    assert response.status_code == 200
+    assert response.json()["email_verified"] is True
+    assert response.json()["email"] == "Carol@example.com"
+
+
+async def test_every_login_failure_looks_the_same(app: Served) -> None:
+    await app.create_user("dave@example.com")
+    answers = [
+        await app.client.post("/auth/login", json={"email": email, "password": password})
+        for email, password in (
+            ("dave@example.com", "wrong password entirely"),
+            ("nobody@example.com", PASSWORD),
+            ("not an address", PASSWORD),
+        )
+    ]
+    bodies = {a.content for a in answers}
+    assert {a.status_code for a in answers} == {401}
+    assert len(bodies) == 1
+    assert answers[0].json()["error"]["code"] == "invalid_credentials"
+
+
+async def test_logout_ends_the_session_on_the_next_request(app: Served) -> None:
+    await app.create_user("erin@example.com")
+    _, first = await login(app, "erin@example.com")
+    _, second = await login(app, "erin@example.com")
+    out = await app.client.post(
+        "/auth/logout", headers={"Authorization": f"Bearer {first['token']}"}
+    )
+    assert out.status_code == 204
+    assert await me(app, first["token"]) == 401
+    assert await me(app, second["token"]) == 200
+
+
+async def test_missing_or_bogus_bearer_is_401_in_the_error_shape(app: Served) -> None:
+    for headers in (
+        {},
+        {"Authorization": "Bearer nope"},
+        {"Authorization": "Basic abc"},
+        {"Authorization": "Bearer " + "A" * 43},
+    ):
+        response = await app.client.get("/auth/me", headers=headers)
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "not_authenticated"
+
+
+async def test_session_dies_after_the_idle_timeout(app: Served) -> None:
+    await app.create_user("idle@example.com")
+    _, body = await login(app, "idle@example.com")
+    app.clock.advance(app.settings.session_idle_ttl)
+    assert await me(app, body["token"]) == 200  # exactly at the limit: alive, and touched
+    app.clock.advance(app.settings.session_idle_ttl + 1)
+    assert await me(app, body["token"]) == 401
+
+
+async def test_session_dies_at_its_absolute_lifetime_even_when_busy(
+    tmp_path: Path, smtp: Smtp, clock: FakeClock
+) -> None:
+    settings = make_settings(
+        tmp_path, smtp_url=smtp.url, session_idle_ttl=3600, session_max_ttl=4 * 3600
+    )
+    async with serve(settings, clock, smtp) as app:
+        await app.create_user("busy@example.com")
+        _, body = await login(app, "busy@example.com")
+        for _ in range(4):
+            app.clock.advance(3000)
+            assert await me(app, body["token"]) == 200
+        app.clock.advance(3 * 3600)
+        assert await me(app, body["token"]) == 401
+
+
+async def test_failed_logins_are_throttled_per_account_and_address(
+    tmp_path: Path, smtp: Smtp, clock: FakeClock
+) -> None:
+    settings = make_settings(tmp_path, smtp_url=smtp.url, rate_limit_login="3/minute")
+    async with serve(settings, clock, smtp) as app:
+        await app.create_user("frank@example.com")
+        codes = [(await login(app, "frank@example.com", "not the password!!"))[0] for _ in range(4)]
+        assert codes == [401, 401, 401, 429]
+        response = await app.client.post(
+            "/auth/login", json={"email": "frank@example.com", "password": PASSWORD}
+        )
+        assert response.status_code == 429  # even the right password waits out the window
+        assert response.headers["x-ratelimit-scope"] == "login"
+        assert int(response.headers["retry-after"]) >= 1
+        # another account from the same address is not affected
+        await app.create_user("gina@example.com")
+        assert (await login(app, "gina@example.com"))[0] == 200

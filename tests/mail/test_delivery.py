@@ -1,0 +1,111 @@
+"""The outbox and the delivery worker against a real SMTP server that misbehaves (SPEC §3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from aiosmtpd.controller import Controller
+
+from tests.conftest import FakeClock, Served, Smtp, SmtpSink, free_port, make_settings, serve
+
+
+def dead(rows: list) -> bool:
+    return bool(rows) and all(r.status == "dead" for r in rows)
+
+
+def done(rows: list) -> bool:
+    return bool(rows) and all(r.status == "done" for r in rows)
+
+
+async def test_transient_smtp_failure_is_retried_with_the_same_message_and_link(
+    app: Served,
+) -> None:
+    assert app.smtp is not None
+    sink = app.smtp.sink
+    await app.create_user("retry@example.com")
+    sink.fail_with = "451 4.3.0 try again later"
+    answer = await app.request_reset("retry@example.com")
+    assert answer.status_code == 200
+    await app.outbox_until(lambda rows: len(sink.refused) >= 2)
+    sink.fail_with = None
+    rows = await app.outbox_until(done)
+    assert rows[0].outcome == "sent"
+    assert rows[0].attempts >= 3
+
+    [delivered] = sink.to("retry@example.com")
+    assert len(sink.refused) >= 2
+    for attempt in sink.refused:
+        assert attempt.message["Message-ID"] == delivered.message["Message-ID"]
+        assert attempt.link() == delivered.link()
+    assert (
+        await app.client.post("/auth/password-reset/verify", json={"token": delivered.link()[1]})
+    ).status_code == 200
+
+
+async def test_mail_becomes_a_dead_letter_after_max_attempts(
+    tmp_path: Path, smtp: Smtp, clock: FakeClock
+) -> None:
+    settings = make_settings(tmp_path, smtp_url=smtp.url, mail_max_attempts=3)
+    async with serve(settings, clock, smtp) as app:
+        await app.create_user("deadend@example.com")
+        smtp.sink.fail_with = "421 4.7.0 closing"
+        await app.request_reset("deadend@example.com")
+        [row] = await app.outbox_until(dead)
+        assert row.attempts == 3
+        assert row.last_error == "smtp_421"
+        assert len(smtp.sink.refused) == 3
+        # a dead letter stays dead: nothing more is tried
+        clock.advance(3600)
+        app.runtime.wake.set()
+        await app.settle()
+        assert len(smtp.sink.refused) == 3
+
+
+async def test_permanent_refusal_is_not_retried(app: Served) -> None:
+    assert app.smtp is not None
+    await app.create_user("refuse@example.com")
+    app.smtp.sink.fail_with = "550 5.1.1 mailbox unavailable"
+    await app.request_reset("refuse@example.com")
+    [row] = await app.outbox_until(dead)
+    assert row.attempts == 1
+    assert row.last_error == "smtp_550"
+    assert "refuse@example.com" not in (row.last_error or "")
+
+
+async def test_smtp_server_down_then_back_loses_nothing(tmp_path: Path, clock: FakeClock) -> None:
+    port = free_port()
+    sink = SmtpSink()
+    settings = make_settings(tmp_path, smtp_url=f"smtp://127.0.0.1:{port}")
+    async with serve(settings, clock, Smtp(sink, port)) as app:
+        await app.create_user("outage@example.com")
+        answers = [await app.request_reset("outage@example.com") for _ in range(2)]
+        assert {a.status_code for a in answers} == {200}
+        rows = await app.outbox_until(
+            lambda rows: len(rows) == 2 and all(r.attempts >= 2 for r in rows)
+        )
+        assert {r.last_error for r in rows if r.status == "queued"} == {"smtp_SMTPConnectError"}
+        controller = Controller(sink, hostname="127.0.0.1", port=port)
+        controller.start()
+        try:
+            rows = await app.outbox_until(done)
+        finally:
+            controller.stop()
+        # The newer request revoked the older link before either could leave, so the older
+        # message is dropped as stale rather than delivering a dead link.
+        assert sorted(str(r.outcome) for r in rows) == ["sent", "stale"]
+        assert len(sink.to("outage@example.com")) == 1
+        newest = sink.to("outage@example.com")[-1]
+        verify = await app.client.post(
+            "/auth/password-reset/verify", json={"token": newest.link()[1]}
+        )
+        assert verify.status_code == 200
+
+
+async def test_backoff_grows_exponentially_with_jitter_and_a_cap(app: Served) -> None:
+    worker = app.runtime.worker()
+    base, cap = app.settings.mail_retry_base, app.settings.mail_retry_max
+    for attempt in range(1, 12):
+        ceiling = min(cap, base * 2 ** (attempt - 1))
+        delays = {worker.backoff(attempt) for _ in range(50)}
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(delays) > 1  # jittered
