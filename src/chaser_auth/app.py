@@ -46,6 +46,7 @@ def create_app(settings: Settings, clock: Clock = utcnow) -> FastAPI:
         description=DESCRIPTION,
         lifespan=lifespan,
         separate_input_output_schemas=False,
+        redirect_slashes=False,  # a redirect would be built from the client's Host header
         servers=[{"url": settings.public_url}],
     )
     app.state.trusted_proxies = parse_proxies(settings.trusted_proxies)

@@ -56,7 +56,11 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
         elif kind == "missing":
             message = "This field is required."
         elif kind in ("string_type", "model_type", "model_attributes_type", "dict_type"):
-            message = "Expected a JSON object." if not loc else "Expected a string."
+            message = (
+                "Expected a JSON object (with Content-Type: application/json)."
+                if not loc
+                else "Expected a string."
+            )
         else:
             message = str(err.get("msg", "Invalid value."))
         details.append(

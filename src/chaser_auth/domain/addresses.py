@@ -21,26 +21,53 @@ MAX_ADDRESS_LENGTH = 254  # RFC 5321 §4.5.3.1.3 path limit minus the angle brac
 MAX_LOCAL_LENGTH = 64
 
 
-def address_key(raw: str) -> str | None:
-    """The matching key for `raw`, or None when `raw` is not an email address at all."""
+# Whitespace, controls (Cc), invisible formatting such as zero-width spaces and bidi overrides
+# (Cf), unassigned code points and surrogates: none belongs in an address a person types, and
+# Cf characters would let two addresses that look the same on screen be different accounts.
+_REFUSED_CATEGORIES = {"Cc", "Cf", "Cn", "Cs", "Co", "Zl", "Zp"}
+
+
+def _split(raw: str) -> tuple[str, str] | None:
     text = raw.strip()
-    if len(text) > MAX_ADDRESS_LENGTH or text.count("@") < 1:
+    if text.count("@") != 1:  # quoted local parts with "@" (RFC 5321 §4.1.2) are not taken
         return None
-    local, _, domain = text.rpartition("@")
-    if not local or not domain or len(local) > MAX_LOCAL_LENGTH:
+    local, _, domain = text.partition("@")
+    domain = domain[:-1] if domain.endswith(".") else domain  # the FQDN's root dot
+    if not local or not domain:
         return None
-    if any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in local):
+    if any(ch.isspace() or unicodedata.category(ch) in _REFUSED_CATEGORIES for ch in local):
         return None
     try:
         ascii_domain = idna.encode(domain, uts46=True).decode("ascii")
     except (idna.IDNAError, UnicodeError, ValueError):
         return None
-    folded = unicodedata.normalize("NFC", unicodedata.normalize("NFC", local).casefold())
-    return f"{folded}@{ascii_domain}"
+    ascii_domain = ascii_domain.removesuffix(".")  # "。" maps to a root dot too
+    if not ascii_domain:
+        return None
+    return unicodedata.normalize("NFC", local), ascii_domain
+
+
+def address_key(raw: str) -> str | None:
+    """The matching key for `raw`, or None when `raw` is not an email address at all.
+
+    Length limits apply to the key (folding can lengthen it: "ß" → "ss"), so every key is
+    itself an address whose key is the same."""
+    parts = _split(raw)
+    if parts is None:
+        return None
+    local, domain = parts
+    folded = unicodedata.normalize("NFC", local.casefold())
+    key = f"{folded}@{domain}"
+    if len(folded) > MAX_LOCAL_LENGTH or len(key) > MAX_ADDRESS_LENGTH:
+        return None
+    return key
 
 
 def stored_form(raw: str) -> str:
-    """How a new account's address is kept: trimmed, NFC, domain in its ASCII (IDNA) form."""
-    local, _, domain = raw.strip().rpartition("@")
-    ascii_domain = idna.encode(domain, uts46=True).decode("ascii")
-    return f"{unicodedata.normalize('NFC', local)}@{ascii_domain}"
+    """How a new account's address is kept: trimmed, NFC, domain in its ASCII (IDNA) form.
+    Only called on input that `address_key` accepted."""
+    parts = _split(raw)
+    if parts is None:
+        raise ValueError("not an email address")
+    local, domain = parts
+    return f"{local}@{domain}"

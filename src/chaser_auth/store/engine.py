@@ -47,9 +47,11 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         # Hand transaction control to the "begin" hook below (SQLAlchemy's documented recipe).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # busy_timeout first: switching a new file to WAL takes a lock that another process
+        # starting at the same moment may hold.
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -17,6 +18,12 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
+# Alembic's `context` and `op` are process-wide: two threads migrating at once would trample
+# each other. Processes are kept apart by the database (see migrations/env.py).
+_in_process = threading.Lock()
+
+
 def upgrade(database_url: str) -> None:
     """Bring the schema to the newest revision; a no-op when it is there already."""
-    command.upgrade(alembic_config(database_url), "head")
+    with _in_process:
+        command.upgrade(alembic_config(database_url), "head")
