@@ -249,3 +249,35 @@ async def test_untrusted_forwarded_for_cannot_dodge_the_limit(
             for i in range(3)
         ]
         assert codes == [200, 200, 429]
+
+
+async def test_ipv6_clients_are_limited_per_64_prefix(
+    tmp_path: Path, smtp: Smtp, clock: FakeClock
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        smtp_url=smtp.url,
+        rate_limit_reset_per_ip="2/minute",
+        trusted_proxies="127.0.0.1",
+    )
+    async with serve(settings, clock, smtp) as app:
+
+        async def from_(client: str) -> int:
+            response = await app.request_reset(
+                "v6@example.com", headers={"X-Forwarded-For": client}
+            )
+            return response.status_code
+
+        # three addresses of one /64 share one allowance …
+        assert [await from_(c) for c in ("2001:db8::1", "2001:db8::2", "2001:db8::ffff")] == [
+            200,
+            200,
+            429,
+        ]
+        # … a neighbouring /64 has its own, and IPv4-mapped addresses count as IPv4
+        assert await from_("2001:db8:0:1::1") == 200
+        assert [await from_(c) for c in ("::ffff:192.0.2.7", "192.0.2.7", "192.0.2.7")] == [
+            200,
+            200,
+            429,
+        ]

@@ -6,7 +6,7 @@ import time
 
 from fastapi import APIRouter, Request, Response
 
-from chaser_auth.api.deps import RuntimeDep, client_address
+from chaser_auth.api.deps import RuntimeDep, client_address, limit_key
 from chaser_auth.api.errors import error_responses
 from chaser_auth.api.schemas import (
     AuthResponse,
@@ -43,7 +43,10 @@ async def request_password_reset(
 ) -> Response:
     settings = runtime.settings
     await runtime.limiter.enforce(
-        settings.limit("rate_limit_reset_per_ip"), "ip", client_address(request), time.time()
+        settings.limit("rate_limit_reset_per_ip"),
+        "ip",
+        limit_key(client_address(request)),
+        time.time(),
     )
     await runtime.recovery.request(body.email)
     runtime.wake.set()
