@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 
 from chaser_auth import __version__
 from chaser_auth.config import Settings, load_secret_key
@@ -26,10 +27,12 @@ from chaser_auth.store import migrate
 log = logging.getLogger("chaser_auth")
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, *, service: bool) -> None:
+    """Services (serve, worker) log to stdout for their supervisor; one-shot commands log to
+    stderr so that their stdout is only their answer."""
     logging.basicConfig(
         level=level.upper(),
-        stream=sys.stdout,
+        stream=sys.stdout if service else sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
 
@@ -108,13 +111,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             name = "CHASER_AUTH_" + "_".join(str(p) for p in err["loc"]).upper()
             print(f"chaser-auth: configuration: {name}: {err['msg']}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, service=args.command in ("serve", "worker"))
+    if args.command in ("users", "outbox"):
+        logging.getLogger("alembic").setLevel(logging.WARNING)  # the implicit migrate is quiet
     try:
         return _dispatch(args, settings)
     except ChaserError as exc:
         print(f"chaser-auth: {exc.text}", file=sys.stderr)
         for detail in exc.details:
             print(f"  - {detail.get('message', detail)}", file=sys.stderr)
+        return 1
+    except (SQLAlchemyError, OSError) as exc:
+        # One line, no trace; SQL parameters are hidden by the engine, so no address shows.
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"chaser-auth: database unavailable: {reason}", file=sys.stderr)
         return 1
 
 
@@ -125,8 +135,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         migrate.upgrade(settings.database_url)
         print("database is at the newest schema")
         return 0
+    # Every command that touches the database first brings its schema up to date (idempotent),
+    # so that `users create` on a fresh machine works before the first `serve`.
+    migrate.upgrade(settings.database_url)
     if args.command == "worker":
-        migrate.upgrade(settings.database_url)
         return _run(settings, _worker)
     if args.command == "users":
         password = _read_password(args.password_stdin)
