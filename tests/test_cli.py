@@ -616,3 +616,18 @@ def test_an_invalid_setting_exits_2_with_one_line_naming_it(
         assert line.startswith(f"chaser-auth: configuration: {variable}: "), line
         assert done.stdout == ""
     assert not (tmp_path / "state").exists()  # nothing was created before the check
+
+
+def test_a_short_secret_key_is_refused(tmp_path: Path) -> None:
+    env = {**tmp_env(tmp_path), "CHASER_AUTH_SECRET_KEY": "too-short"}
+    done = cli("outbox", "list", cwd=tmp_path, env=env)
+    assert done.returncode == 2
+    assert "CHASER_AUTH_SECRET_KEY" in done.stderr
+    assert "Traceback" not in done.stderr
+
+    (tmp_path / "state").mkdir(exist_ok=True)
+    (tmp_path / "state" / "secret_key").write_text("short\n")
+    done = cli("outbox", "list", cwd=tmp_path, env=tmp_env(tmp_path))
+    assert done.returncode == 2
+    assert "secret key must be at least 32" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 
 from chaser_auth import __version__
-from chaser_auth.config import Settings, load_secret_key
+from chaser_auth.config import ConfigurationError, Settings, load_secret_key
 from chaser_auth.errors import ChaserError
 from chaser_auth.runtime import Runtime
 from chaser_auth.store import migrate
@@ -121,6 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for detail in exc.details:
             print(f"  - {detail.get('message', detail)}", file=sys.stderr)
         return 1
+    except ConfigurationError as exc:
+        print(f"chaser-auth: configuration: {exc}", file=sys.stderr)
+        return 2
     except (SQLAlchemyError, OSError) as exc:
         # One line, no trace; SQL parameters are hidden by the engine, so no address shows.
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -5,8 +5,10 @@ Every field maps to `CHASER_AUTH_<FIELD>`; the README's configuration table is t
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import tempfile
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -16,6 +18,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 SECRET_KEY_BYTES = 32
+MIN_SECRET_LENGTH = 32
 
 
 def _rate(value: str) -> str:
@@ -88,6 +91,15 @@ class Settings(BaseSettings):
             raise ValueError("must be an absolute http(s) URL")
         return value.rstrip("/")
 
+    @field_validator("secret_key")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        # Reset links are HMACs of this key and a row id that the database holds: a guessable
+        # key plus a stolen database would mint valid links.
+        if value is not None and len(value.get_secret_value()) < MIN_SECRET_LENGTH:
+            raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters of random data")
+        return value
+
     @field_validator("smtp_url")
     @classmethod
     def _smtp_scheme(cls, value: str | None) -> str | None:
@@ -105,24 +117,32 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
 
+class ConfigurationError(Exception):
+    """A setting that cannot be run with; the CLI reports it in one line and exits 2."""
+
+
 def load_secret_key(settings: Settings) -> bytes:
     """The server secret: from the setting, else from `secret_key_file`, created once (mode 600).
 
-    Creation uses O_EXCL so that several processes starting at once agree on one key.
+    The new key is written to a private temporary file and linked into place: `link` fails if
+    the name exists, so processes starting at once agree on one key and none reads half a file.
     """
     if settings.secret_key is not None:
         return settings.secret_key.get_secret_value().encode()
     path = settings.secret_key_file
-    try:
-        return path.read_bytes().strip()
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(SECRET_KEY_BYTES).encode()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return path.read_bytes().strip()
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(key)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret_key.")  # mode 600
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(secrets.token_urlsafe(SECRET_KEY_BYTES).encode())
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+        finally:
+            Path(tmp).unlink()
+    key = path.read_bytes().strip()
+    if len(key) < MIN_SECRET_LENGTH:
+        raise ConfigurationError(
+            f"{path}: the secret key must be at least {MIN_SECRET_LENGTH} characters"
+        )
     return key

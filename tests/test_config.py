@@ -1,0 +1,67 @@
+"""Settings and the server secret."""
+
+from __future__ import annotations
+
+import stat
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from chaser_auth.config import ConfigurationError, Settings, load_secret_key
+
+
+def settings(tmp_path: Path, **values: object) -> Settings:
+    return Settings(_env_file=None, secret_key_file=tmp_path / "var" / "secret_key", **values)
+
+
+def test_secret_key_is_created_once_private_and_shared_by_concurrent_starts(
+    tmp_path: Path,
+) -> None:
+    config = settings(tmp_path)
+    with ThreadPoolExecutor(8) as pool:
+        keys = list(pool.map(lambda _: load_secret_key(config), range(8)))
+    assert len(set(keys)) == 1
+    assert len(keys[0]) >= 32
+    path = tmp_path / "var" / "secret_key"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["secret_key"]  # no temporary left over
+    assert load_secret_key(config) == keys[0]
+
+
+def test_configured_secret_wins_and_must_be_long(tmp_path: Path) -> None:
+    key = "k" * 40
+    assert load_secret_key(settings(tmp_path, secret_key=key)) == key.encode()
+    assert not (tmp_path / "var").exists()
+    with pytest.raises(ValidationError, match="at least 32"):
+        settings(tmp_path, secret_key="short")
+
+
+def test_short_secret_file_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "secret_key").write_text("short")
+    with pytest.raises(ConfigurationError, match="at least 32"):
+        load_secret_key(settings(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("rate_limit_reset_per_ip", "banana"),
+        ("public_url", "localhost:8000"),
+        ("public_url", "ftp://example.com"),
+        ("smtp_url", "http://mail.example.com"),
+        ("password_min_length", 4),
+        ("mail_max_attempts", 0),
+    ],
+)
+def test_bad_values_are_refused(tmp_path: Path, name: str, value: object) -> None:
+    with pytest.raises(ValidationError):
+        settings(tmp_path, **{name: value})
+
+
+def test_public_url_loses_its_trailing_slash(tmp_path: Path) -> None:
+    assert settings(tmp_path, public_url="https://id.example.com/").public_url == (
+        "https://id.example.com"
+    )
