@@ -102,17 +102,22 @@ class RecoveryService:
         subject = self.subject(raw)
         async with self.store.tx() as tx:
             user = await tx.users.by_key(key) if key else None
-            if user is None or not may_receive_reset(user):
-                await tx.audit.record("reset_requested", now, subject=subject)
-                if not (self.notify_unknown and key and user is None):
-                    return Skip("no_account")
-                if not await limit.allow(subject):
-                    return Skip("suppressed")
-                return Letter("reset_unknown", stored_form(raw), {"public_url": self.public_url})
-            await tx.audit.record("reset_requested", now, user_id=user.id, subject=subject)
+            await tx.audit.record(
+                "reset_requested", now, user_id=user.id if user else None, subject=subject
+            )
+        # The limit is asked outside any transaction: on SQLite an open write transaction
+        # would hold the request path's inserts while Redis answers.
+        if user is None or not may_receive_reset(user):
+            if not (self.notify_unknown and key and user is None):
+                return Skip("no_account")
             if not await limit.allow(subject):
-                await tx.audit.record("reset_suppressed", now, user_id=user.id, subject=subject)
                 return Skip("suppressed")
+            return Letter("reset_unknown", stored_form(raw), {"public_url": self.public_url})
+        if not await limit.allow(subject):
+            async with self.store.tx() as tx:
+                await tx.audit.record("reset_suppressed", now, user_id=user.id, subject=subject)
+            return Skip("suppressed")
+        async with self.store.tx() as tx:
             token = await self._mint(tx, user, job.id, now)
         return self._reset_letter(user, token)
 
