@@ -16,6 +16,7 @@ from chaser_auth.mail.transport import FileTransport, MailTransport, SmtpTranspo
 from chaser_auth.mail.worker import AddressLimit, Worker
 from chaser_auth.ratelimit import Limiter
 from chaser_auth.store.engine import create_engine
+from chaser_auth.store.intake import OutboxIntake
 from chaser_auth.store.repositories import Store
 
 
@@ -64,6 +65,7 @@ class Runtime:
             ),
             recovery=RecoveryService(
                 store=store,
+                intake=OutboxIntake(store),
                 clock=clock,
                 secret=secret,
                 reset_ttl=settings.reset_token_ttl,
@@ -96,4 +98,5 @@ class Runtime:
         )
 
     async def close(self) -> None:
+        await self.recovery.intake.close()
         await self.store.close()

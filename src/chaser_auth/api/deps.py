@@ -13,7 +13,8 @@ from chaser_auth.runtime import Runtime
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async: a plain `def` dependency would cost a thread-pool hop on every request.
     runtime: Runtime = request.app.state.runtime
     return runtime
 

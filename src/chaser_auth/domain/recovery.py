@@ -22,6 +22,7 @@ from chaser_auth.domain.clock import Clock
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.sessions import AuthResult, SessionService
 from chaser_auth.errors import InvalidToken
+from chaser_auth.store.intake import OutboxIntake
 from chaser_auth.store.repositories import Store, Tx
 from chaser_auth.store.tables import OutboxMessage, ResetToken, User
 
@@ -63,6 +64,7 @@ class RecoveryService:
         self,
         *,
         store: Store,
+        intake: OutboxIntake,
         clock: Clock,
         secret: bytes,
         reset_ttl: int,
@@ -73,6 +75,7 @@ class RecoveryService:
         notify_unknown: bool,
     ) -> None:
         self.store = store
+        self.intake = intake
         self.clock = clock
         self.secret = secret
         self.ttl = timedelta(seconds=reset_ttl)
@@ -85,8 +88,7 @@ class RecoveryService:
     # -- request path -------------------------------------------------------------------------
 
     async def request(self, raw_email: str) -> None:
-        async with self.store.tx() as tx:
-            await tx.outbox.enqueue(RESET_REQUEST, self.clock(), payload={"email": raw_email})
+        await self.intake.enqueue(RESET_REQUEST, self.clock(), {"email": raw_email})
 
     # -- worker -------------------------------------------------------------------------------
 

@@ -3,6 +3,8 @@ table; the domain asks it questions and tells it what changed."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -298,12 +300,20 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        # SQLite has one writer at a time, and a connection that finds the lock taken sleeps
+        # in its busy handler with growing naps and no queue: under load some requests wait
+        # seconds while others pass. Within a process, transactions therefore take turns on
+        # a FIFO asyncio lock instead; the busy timeout only arbitrates between processes.
+        self._turns = asyncio.Lock() if engine.dialect.name == "sqlite" else None
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[Tx]:
         """One transaction: committed when the block ends, rolled back if it raises."""
-        async with self._sessions() as db, db.begin():
+        async with self._turn(), self._sessions() as db, db.begin():
             yield Tx(db)
+
+    def _turn(self) -> contextlib.AbstractAsyncContextManager[object]:
+        return self._turns if self._turns is not None else contextlib.nullcontext()
 
     async def ping(self) -> None:
         async with self.engine.connect() as connection:
