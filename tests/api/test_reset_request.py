@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from chaser_auth.config import Settings
 from tests.conftest import FakeClock, Served, Smtp, make_settings, serve
 
 REQUESTED = {
@@ -215,68 +216,50 @@ async def test_per_ip_limit_answers_429_with_rate_limit_headers(
             assert len(await tx.outbox.listing()) == 3  # the refused request was not recorded
 
 
+def two_per_minute(tmp_path: Path, smtp: Smtp, *, trusted: str | None) -> Settings:
+    return make_settings(
+        tmp_path, smtp_url=smtp.url, rate_limit_reset_per_ip="2/minute", trusted_proxies=trusted
+    )
+
+
+async def statuses(app: Served, forwarded_for: list[str]) -> list[int]:
+    """One reset request per X-Forwarded-For value, in order; their status codes."""
+    return [
+        (await app.request_reset("x@example.com", headers={"X-Forwarded-For": hop})).status_code
+        for hop in forwarded_for
+    ]
+
+
 async def test_forwarded_for_counts_only_behind_a_trusted_proxy(
     tmp_path: Path, smtp: Smtp, clock: FakeClock
 ) -> None:
-    settings = make_settings(
-        tmp_path,
-        smtp_url=smtp.url,
-        rate_limit_reset_per_ip="2/minute",
-        trusted_proxies="127.0.0.1",
-    )
-    async with serve(settings, clock, smtp) as app:
+    async with serve(two_per_minute(tmp_path, smtp, trusted="127.0.0.1"), clock, smtp) as app:
         for client in ("203.0.113.1", "203.0.113.2"):
-            codes = [
-                (
-                    await app.request_reset(
-                        "x@example.com", headers={"X-Forwarded-For": f"198.51.100.9, {client}"}
-                    )
-                ).status_code
-                for _ in range(3)
-            ]
-            assert codes == [200, 200, 429]
+            # the right-most untrusted hop is the client; what it put on the left is ignored
+            hops = [f"198.51.100.{i}, {client}" for i in range(3)]
+            assert await statuses(app, hops) == [200, 200, 429]
 
 
 async def test_untrusted_forwarded_for_cannot_dodge_the_limit(
     tmp_path: Path, smtp: Smtp, clock: FakeClock
 ) -> None:
-    settings = make_settings(tmp_path, smtp_url=smtp.url, rate_limit_reset_per_ip="2/minute")
-    async with serve(settings, clock, smtp) as app:
-        codes = [
-            (
-                await app.request_reset("y@example.com", headers={"X-Forwarded-For": f"10.0.0.{i}"})
-            ).status_code
-            for i in range(3)
-        ]
-        assert codes == [200, 200, 429]
+    async with serve(two_per_minute(tmp_path, smtp, trusted=None), clock, smtp) as app:
+        assert await statuses(app, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]) == [200, 200, 429]
 
 
 async def test_ipv6_clients_are_limited_per_64_prefix(
     tmp_path: Path, smtp: Smtp, clock: FakeClock
 ) -> None:
-    settings = make_settings(
-        tmp_path,
-        smtp_url=smtp.url,
-        rate_limit_reset_per_ip="2/minute",
-        trusted_proxies="127.0.0.1",
-    )
-    async with serve(settings, clock, smtp) as app:
-
-        async def from_(client: str) -> int:
-            response = await app.request_reset(
-                "v6@example.com", headers={"X-Forwarded-For": client}
-            )
-            return response.status_code
-
-        # three addresses of one /64 share one allowance …
-        assert [await from_(c) for c in ("2001:db8::1", "2001:db8::2", "2001:db8::ffff")] == [
+    async with serve(two_per_minute(tmp_path, smtp, trusted="127.0.0.1"), clock, smtp) as app:
+        # three addresses of one /64 share one allowance ...
+        assert await statuses(app, ["2001:db8::1", "2001:db8::2", "2001:db8::ffff"]) == [
             200,
             200,
             429,
         ]
-        # … a neighbouring /64 has its own, and IPv4-mapped addresses count as IPv4
-        assert await from_("2001:db8:0:1::1") == 200
-        assert [await from_(c) for c in ("::ffff:192.0.2.7", "192.0.2.7", "192.0.2.7")] == [
+        # ... a neighbouring /64 has its own, and IPv4-mapped addresses count as IPv4
+        assert await statuses(app, ["2001:db8:0:1::1"]) == [200]
+        assert await statuses(app, ["::ffff:192.0.2.7", "192.0.2.7", "192.0.2.7"]) == [
             200,
             200,
             429,
