@@ -264,3 +264,16 @@ async def test_ipv6_clients_are_limited_per_64_prefix(
             200,
             429,
         ]
+
+
+async def test_the_body_bytes_of_the_other_sdk_snippets_are_accepted(app: Served) -> None:
+    # Go, Ruby, Java, PHP and C# send this exact body (pretty-printed, with newlines);
+    # Swift sends JSONSerialization's compact form.
+    for body in (b'{\n  "email": "user@example.com"\n}', b'{"email":"user@example.com"}'):
+        response = await app.client.post(
+            "/auth/password-reset/request",
+            content=body,
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status_code == 200
+        assert response.json() == REQUESTED
