@@ -113,8 +113,9 @@ class Worker:
         now = self.clock()
         async with self.store.tx() as tx:
             jobs = await tx.outbox.claim(now, now + self.lease, BATCH)
-        for job in jobs:
-            await self._deliver(job)
+        # Side by side: a remote SMTP conversation takes tens of milliseconds, and one slow
+        # relay must not hold up the rest of the batch. (Database work still takes turns.)
+        await asyncio.gather(*(self._deliver(job) for job in jobs))
         return len(jobs)
 
     async def _deliver(self, job: OutboxMessage) -> None:
