@@ -13,7 +13,7 @@ from chaser_auth.domain.recovery import RecoveryService
 from chaser_auth.domain.sessions import SessionService
 from chaser_auth.mail.messages import Renderer
 from chaser_auth.mail.transport import FileTransport, MailTransport, SmtpTransport
-from chaser_auth.mail.worker import AddressLimit, Worker
+from chaser_auth.mail.worker import PerAddressLimit, Worker
 from chaser_auth.ratelimit import Limiter
 from chaser_auth.store.engine import create_engine
 from chaser_auth.store.intake import OutboxIntake
@@ -86,7 +86,7 @@ class Runtime:
             recovery=self.recovery,
             renderer=Renderer(s.mail_from, s.templates_dir),
             transport=transport or make_transport(s),
-            address_limit=AddressLimit(self.limiter, s.limit("rate_limit_reset_per_address")),
+            address_limit=PerAddressLimit(self.limiter, s.limit("rate_limit_reset_per_address")),
             limiter=self.limiter,
             mail_rate=s.limit("mail_rate") if s.mail_rate else None,
             max_attempts=s.mail_max_attempts,

@@ -41,7 +41,9 @@ log = logging.getLogger("chaser_auth.worker")
 BATCH = 16
 
 
-class AddressLimit:
+class PerAddressLimit:
+    """`recovery.AddressLimit` through the rate limiter (the per-address setting)."""
+
     def __init__(self, limiter: Limiter, item: RateLimitItem) -> None:
         self.limiter = limiter
         self.item = item
@@ -59,7 +61,7 @@ class Worker:
         recovery: RecoveryService,
         renderer: Renderer,
         transport: MailTransport,
-        address_limit: AddressLimit,
+        address_limit: PerAddressLimit,
         limiter: Limiter,
         mail_rate: RateLimitItem | None,
         max_attempts: int,
