@@ -109,3 +109,25 @@ async def test_backoff_grows_exponentially_with_jitter_and_a_cap(app: Served) ->
         delays = {worker.backoff(attempt) for _ in range(50)}
         assert all(ceiling / 2 <= d <= ceiling for d in delays)
         assert len(delays) > 1  # jittered
+
+
+async def test_mail_rate_cap_makes_mail_wait_without_using_up_attempts(
+    tmp_path: Path, smtp: Smtp, clock: FakeClock
+) -> None:
+    settings = make_settings(tmp_path, smtp_url=smtp.url, mail_rate="2/minute")
+    async with serve(settings, clock, smtp) as app:
+        for i in range(4):
+            await app.create_user(f"capped{i}@example.com")
+            await app.request_reset(f"capped{i}@example.com")
+
+        def two_sent_two_waiting(rows: list) -> bool:
+            waiting = [r for r in rows if r.status == "queued" and r.last_error == "mail_rate"]
+            return len(smtp.sink.messages) == 2 and len(waiting) == 2
+
+        # outbox_until moves the fake clock, not the cap's real-time window: the two over the
+        # cap keep waiting, and are never turned into failures or dead letters.
+        rows = await app.outbox_until(two_sent_two_waiting)
+        waiting = [r for r in rows if r.status == "queued"]
+        assert all(r.attempts == 0 for r in waiting)
+        assert all(r.available_at > clock.now for r in waiting)
+        assert [r.outcome for r in rows if r.status == "done"] == ["sent", "sent"]

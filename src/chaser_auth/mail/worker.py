@@ -140,7 +140,8 @@ class Worker:
             await self._fail(job, exc.code, permanent=exc.permanent)
             return
         except Exception as exc:  # noqa: BLE001 - one bad row must not stop the others
-            log.exception("delivery of %s failed unexpectedly", job.id, exc_info=False)
+            # The type only: an exception's text may quote the address it choked on.
+            log.error("delivery of %s failed unexpectedly: %s", job.id, type(exc).__name__)
             await self._fail(job, f"error_{type(exc).__name__}", permanent=False)
             return
         await self._finish(job, "sent")
