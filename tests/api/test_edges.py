@@ -3,9 +3,15 @@ health endpoints."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+import sqlite3
+from pathlib import Path
 
-from tests.conftest import Served
+import pytest
+
+from tests.conftest import PASSWORD, Served
 
 
 async def test_health_and_readiness(app: Served) -> None:
@@ -43,3 +49,34 @@ async def test_request_id_is_kept_when_sane_and_replaced_when_not(app: Served) -
     first = await app.client.get("/healthz")
     second = await app.client.get("/healthz")
     assert first.headers["x-request-id"] != second.headers["x-request-id"]
+
+
+async def test_an_unexpected_failure_is_a_bare_500_in_the_error_shape(
+    app: Served, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A real fault, not a mock: a session row whose account id the database mangled.
+    await app.create_user("broken@example.com")
+    login = await app.client.post(
+        "/auth/login", json={"email": "broken@example.com", "password": PASSWORD}
+    )
+    token = login.json()["token"]
+
+    def corrupt() -> None:
+        with contextlib.closing(sqlite3.connect(tmp_path / "auth.db", timeout=10)) as db, db:
+            db.execute("UPDATE sessions SET user_id = 'not-a-uuid-at-all'")
+
+    await asyncio.to_thread(corrupt)
+    response = await app.client.get("/auth/me", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": {
+            "code": "internal_error",
+            "message": "Something went wrong on our side.",
+            "details": [],
+        }
+    }
+    assert response.headers["cache-control"] == "no-store"
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers["x-request-id"])
+    logged = [r.getMessage() for r in caplog.records if r.name == "chaser_auth.errors"]
+    assert any(response.headers["x-request-id"] in line for line in logged)
+    assert not any("not-a-uuid" in line or "Traceback" in line for line in logged)
