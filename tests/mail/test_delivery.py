@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
@@ -131,3 +132,47 @@ async def test_mail_rate_cap_makes_mail_wait_without_using_up_attempts(
         assert all(r.attempts == 0 for r in waiting)
         assert all(r.available_at > clock.now for r in waiting)
         assert [r.outcome for r in rows if r.status == "done"] == ["sent", "sent"]
+
+
+async def test_a_claim_whose_worker_died_is_taken_over_after_the_lease(
+    tmp_path: Path, smtp: Smtp, clock: FakeClock
+) -> None:
+    settings = make_settings(tmp_path, smtp_url=smtp.url, embedded_worker=False)
+    async with serve(settings, clock, smtp) as app:
+        await app.create_user("orphan@example.com")
+        await app.request_reset("orphan@example.com")
+        # A worker claims the row and dies before it sends: its claim is all that is left.
+        async with app.runtime.store.tx() as tx:
+            [claimed] = await tx.outbox.claim(
+                clock.now, clock.now + timedelta(seconds=settings.worker_lease), 16
+            )
+        survivor = app.runtime.worker()
+        assert await survivor.run_once() == 0  # leased to the dead worker: left alone
+        clock.advance(settings.worker_lease)
+        assert await survivor.run_once() == 0  # the lease runs to its end …
+        clock.advance(1)
+        assert await survivor.run_once() == 1  # … and then the row is taken over
+        [received] = await smtp.sink.wait_for(1)
+        assert received.message["Message-ID"] == f"<{claimed.id.hex}@localhost>"
+        async with app.runtime.store.tx() as tx:
+            [row] = await tx.outbox.listing()
+        assert (row.status, row.outcome, row.attempts) == ("done", "sent", 2)
+
+
+async def test_operator_templates_override_the_shipped_ones(
+    tmp_path: Path, smtp: Smtp, clock: FakeClock
+) -> None:
+    custom = tmp_path / "templates"
+    custom.mkdir()
+    (custom / "password_reset.subject.txt").write_text("Acme: reset your password\n")
+    (custom / "password_reset.txt").write_text(
+        "Acme support. Open {{ link }} within {{ ttl_minutes }} minutes.\n"
+    )
+    settings = make_settings(tmp_path, smtp_url=smtp.url, templates_dir=custom)
+    async with serve(settings, clock, smtp) as app:
+        await app.create_user("brand@example.com")
+        link, _ = await app.reset_link("brand@example.com")
+        [received] = smtp.sink.to("brand@example.com")
+        assert received.message["Subject"] == "Acme: reset your password"
+        assert received.text().startswith("Acme support. Open " + link + " within 30 minutes.")
+        assert link in received.html()  # templates not overridden still come from the package
