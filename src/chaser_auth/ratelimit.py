@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from limits import RateLimitItem
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from redis.asyncio import ConnectionPool
 
 from chaser_auth.errors import RateLimited
 
@@ -35,13 +36,22 @@ class Verdict:
 class Limiter:
     def __init__(self, redis_url: str | None) -> None:
         self.storage: Storage
+        # We own the connection pool so that shutdown can close it (the storage has no close).
+        self._pool = ConnectionPool.from_url(redis_url) if redis_url else None
         if redis_url:
             self.storage = RedisStorage(
-                "async+" + redis_url, implementation="redispy", key_prefix="chaser-auth"
+                "async+" + redis_url,
+                implementation="redispy",
+                key_prefix="chaser-auth",
+                connection_pool=self._pool,  # type: ignore[arg-type]
             )
         else:
             self.storage = MemoryStorage()
         self._strategy = MovingWindowRateLimiter(self.storage)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
 
     async def hit(self, item: RateLimitItem, *keys: str) -> Verdict:
         allowed = await self._strategy.hit(item, *keys)

@@ -99,4 +99,5 @@ class Runtime:
 
     async def close(self) -> None:
         await self.recovery.intake.close()
+        await self.limiter.close()
         await self.store.close()
