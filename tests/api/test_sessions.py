@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 from tests.conftest import PASSWORD, FakeClock, Served, Smtp, make_settings, serve
@@ -114,3 +115,28 @@ async def test_failed_logins_are_throttled_per_account_and_address(
         # another account from the same address is not affected
         await app.create_user("gina@example.com")
         assert (await login(app, "gina@example.com"))[0] == 200
+
+
+async def test_login_upgrades_the_hash_when_the_cost_settings_change(
+    tmp_path: Path, smtp: Smtp, clock: FakeClock
+) -> None:
+    async with serve(make_settings(tmp_path, smtp_url=smtp.url), clock, smtp) as app:
+        user_id = await app.create_user("cost@example.com")
+        async with app.runtime.store.tx() as tx:
+            user = await tx.users.get(uuid.UUID(user_id))
+            assert user is not None and user.password_hash is not None
+            before = user.password_hash
+            changed_before = user.password_changed_at
+    assert "t=1" in before
+
+    stronger = make_settings(tmp_path, smtp_url=smtp.url, argon2_time_cost=2)
+    async with serve(stronger, clock, smtp) as app:
+        assert (await login(app, "cost@example.com"))[0] == 200
+        async with app.runtime.store.tx() as tx:
+            user = await tx.users.get(uuid.UUID(user_id))
+            assert user is not None and user.password_hash is not None
+            after = user.password_hash
+            changed_at = user.password_changed_at
+        assert "t=2" in after and after != before
+        assert (await login(app, "cost@example.com"))[0] == 200  # the new hash verifies
+        assert changed_at == changed_before  # an upgrade is not a password change
