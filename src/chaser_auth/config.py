@@ -112,10 +112,6 @@ class Settings(BaseSettings):
     def limit(self, name: str) -> RateLimitItem:
         return parse(str(getattr(self, name)))
 
-    @property
-    def is_sqlite(self) -> bool:
-        return self.database_url.startswith("sqlite")
-
 
 class ConfigurationError(Exception):
     """A setting that cannot be run with; the CLI reports it in one line and exits 2."""

@@ -1,7 +1,8 @@
 """The public contract. Class names are schema names in the OpenAPI document and match the
 Chaser Core API exactly (`PasswordResetRequest`, `MessageResponse`,
-`PasswordResetConfirmRequest`, `VerifyEmailRequest`, `AuthResponse`); so do field names and
-required lists. Models are strict — a number is not an email — and ignore unknown fields."""
+`PasswordResetConfirmRequest`, `AuthResponse`; `VerifyEmailRequest` comes with its endpoint);
+so do field names and required lists. Models are strict — a number is not an email — and
+ignore unknown fields."""
 
 from __future__ import annotations
 
@@ -35,13 +36,6 @@ class PasswordResetConfirmRequest(Schema):
 
     model_config = ConfigDict(title="PasswordResetConfirmRequest")
     password: str
-    token: str
-
-
-class VerifyEmailRequest(Schema):
-    """Request body for email verification completion."""
-
-    model_config = ConfigDict(title="VerifyEmailRequest")
     token: str
 
 

@@ -50,9 +50,6 @@ class Users:
             update(User).where(User.id == user_id).values(password_hash=password_hash)
         )
 
-    async def all(self) -> Sequence[User]:
-        return (await self.db.scalars(select(User).order_by(User.created_at))).all()
-
 
 @dataclass
 class Sessions:
@@ -278,12 +275,6 @@ class Audit:
         self.db.add(
             AuditEvent(at=now, event=event, user_id=user_id, subject=subject, detail=detail)
         )
-
-    async def events(self, event: str | None = None) -> Sequence[AuditEvent]:
-        query = select(AuditEvent).order_by(AuditEvent.id)
-        if event is not None:
-            query = query.where(AuditEvent.event == event)
-        return (await self.db.scalars(query)).all()
 
 
 class Tx:
