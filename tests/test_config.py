@@ -54,6 +54,8 @@ def test_short_secret_file_is_refused(tmp_path: Path) -> None:
         ("smtp_url", "http://mail.example.com"),
         ("password_min_length", 4),
         ("mail_max_attempts", 0),
+        ("mail_from", "Chaser"),
+        ("mail_from", "no-reply@"),
     ],
 )
 def test_bad_values_are_refused(tmp_path: Path, name: str, value: object) -> None:

@@ -9,6 +9,7 @@ import contextlib
 import os
 import secrets
 import tempfile
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -98,6 +99,14 @@ class Settings(BaseSettings):
         # key plus a stolen database would mint valid links.
         if value is not None and len(value.get_secret_value()) < MIN_SECRET_LENGTH:
             raise ValueError(f"must be at least {MIN_SECRET_LENGTH} characters of random data")
+        return value
+
+    @field_validator("mail_from")
+    @classmethod
+    def _mail_from_address(cls, value: str) -> str:
+        name, address = parseaddr(value)
+        if "@" not in address or not address.rpartition("@")[2]:
+            raise ValueError('must be an address, e.g. "Chaser <no-reply@example.com>"')
         return value
 
     @field_validator("smtp_url")
