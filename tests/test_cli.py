@@ -631,3 +631,34 @@ def test_a_short_secret_key_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "secret key must be at least 32" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_serve_with_two_processes_on_one_sqlite_file_sends_each_mail_once(
+    tmp_path: Path, smtp: Smtp
+) -> None:
+    env = tmp_env(tmp_path, CHASER_AUTH_SMTP_URL=smtp.url, CHASER_AUTH_WORKER_POLL_INTERVAL="0.05")
+    addresses = [f"multi{i}@example.com" for i in range(6)]
+    created = cli_parallel(
+        [("users", "create", a, "--password-stdin") for a in addresses],
+        cwd=tmp_path,
+        env=env,
+        stdins=[PASSWORD + "\n"] * len(addresses),
+    )
+    assert [c.returncode for c in created] == [0] * len(addresses)
+    with serving(tmp_path, env, "--workers", "2") as url, httpx.Client(base_url=url) as client:
+        # Several connections, so both processes take requests; each runs its own worker.
+        for round_ in range(2):
+            for address in addresses:
+                with httpx.Client(base_url=url) as fresh:
+                    response = fresh.post("/auth/password-reset/request", json={"email": address})
+                    assert response.status_code == 200, (round_, response.text)
+        for address in addresses:
+            mail_to(smtp, address, 2)
+        rows = poll(
+            lambda: (r := outbox(tmp_path, env)) and all(x.status == "done" for x in r) and r,
+            "every outbox row done",
+        )
+        assert client.get("/readyz").status_code == 200
+    assert len(rows) == 2 * len(addresses)
+    ids = [m.message["Message-ID"] for m in smtp.sink.messages]
+    assert len(ids) == len(set(ids)) == 2 * len(addresses)  # none lost, none sent twice

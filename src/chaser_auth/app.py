@@ -18,6 +18,7 @@ from chaser_auth.api.deps import parse_proxies
 from chaser_auth.api.middleware import EdgeMiddleware
 from chaser_auth.config import Settings
 from chaser_auth.domain.clock import Clock, utcnow
+from chaser_auth.logs import configure_logging
 from chaser_auth.runtime import Runtime
 
 DESCRIPTION = """Self-hostable implementation of the `auth` surface of the Chaser Core API.
@@ -59,5 +60,8 @@ def create_app(settings: Settings, clock: Clock = utcnow) -> FastAPI:
 
 
 def app_from_environment() -> FastAPI:
-    """Factory for `uvicorn --factory` (used by `chaser-auth serve --workers N`)."""
-    return create_app(Settings())
+    """Factory for `uvicorn --factory` (used by `chaser-auth serve --workers N`): each child
+    process reads the same environment and sets up its own logging."""
+    settings = Settings()
+    configure_logging(settings.log_level, service=True)
+    return create_app(settings)

@@ -21,20 +21,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from chaser_auth import __version__
 from chaser_auth.config import ConfigurationError, Settings, load_secret_key
 from chaser_auth.errors import ChaserError
+from chaser_auth.logs import configure_logging
 from chaser_auth.runtime import Runtime
 from chaser_auth.store import migrate
 
 log = logging.getLogger("chaser_auth")
-
-
-def configure_logging(level: str, *, service: bool) -> None:
-    """Services (serve, worker) log to stdout for their supervisor; one-shot commands log to
-    stderr so that their stdout is only their answer."""
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stdout if service else sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
 
 
 def _parser() -> argparse.ArgumentParser:
