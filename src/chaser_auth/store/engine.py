@@ -10,6 +10,7 @@ PostgreSQL: asyncpg, READ COMMITTED; single-use updates rely on row locks.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+WAL_SWITCH_TRIES = 100
 
 # aiosqlite logs every statement *with its parameters* (addresses, digests) at DEBUG; an
 # operator who turns on DEBUG to chase a problem must not get personal data in the logs.
@@ -47,10 +49,8 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         # Hand transaction control to the "begin" hook below (SQLAlchemy's documented recipe).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        # busy_timeout first: switching a new file to WAL takes a lock that another process
-        # starting at the same moment may hold.
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _use_wal(cursor)
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -60,3 +60,20 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+def _use_wal(cursor: Any) -> None:
+    """Switch the file to WAL (a setting the file keeps). Only the very first switch needs an
+    exclusive lock, and SQLite answers "locked" at once rather than waiting when another
+    process starting on the same new file holds it; so that one case is retried briefly."""
+    cursor.execute("PRAGMA journal_mode")
+    if str(cursor.fetchone()[0]).lower() == "wal":
+        return
+    for attempt in range(WAL_SWITCH_TRIES):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # noqa: BLE001 - the driver's OperationalError, by its text
+            if "locked" not in str(exc) or attempt == WAL_SWITCH_TRIES - 1:
+                raise
+            time.sleep(0.05)
