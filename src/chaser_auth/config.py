@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     @field_validator("mail_from")
     @classmethod
     def _mail_from_address(cls, value: str) -> str:
-        name, address = parseaddr(value)
+        _, address = parseaddr(value)
         if "@" not in address or not address.rpartition("@")[2]:
             raise ValueError('must be an address, e.g. "Chaser <no-reply@example.com>"')
         return value

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from chaser_auth.api.deps import RuntimeDep, SessionDep, client_address, limit_key
+from chaser_auth.api.deps import RuntimeDep, SessionDep, client_key
 from chaser_auth.api.errors import error_responses
 from chaser_auth.api.schemas import AuthResponse, ErrorResponse, LoginRequest, MeResponse
 from chaser_auth.domain import tokens
@@ -35,7 +35,7 @@ async def login(body: LoginRequest, request: Request, runtime: RuntimeDep) -> Au
     # Failed logins are limited per account *and* client address, so an attacker cannot lock
     # a person out from elsewhere (OWASP Authentication Cheat Sheet, "Account Lockout").
     subject = tokens.keyed_hash(runtime.secret, address_key(body.email) or body.email)
-    key = f"{subject}:{limit_key(client_address(request))}"
+    key = f"{subject}:{client_key(request)}"
     item = runtime.settings.limit("rate_limit_login")
     await runtime.limiter.blocked(item, "login", key, time.time())
     try:

@@ -44,17 +44,20 @@ def client_address(request: Request) -> str:
     return peer
 
 
-def limit_key(address: str) -> str:
+def client_key(request: Request) -> str:
     """The unit a per-client limit counts: one IPv4 address, or one IPv6 /64 — a single
     subscriber usually holds a whole /64 (RFC 6177), so per-address IPv6 limits are free to
-    dodge."""
+    dodge. An IPv4-mapped IPv6 address counts as its IPv4 address."""
+    address = client_address(request)
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return address
-    if ip.version == 6 and ip.ipv4_mapped is None:
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
         return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip.ipv4_mapped or ip) if ip.version == 6 else str(ip)
+    return str(ip)
 
 
 def _within(address: str, networks: tuple[Network, ...]) -> bool:

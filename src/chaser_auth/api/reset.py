@@ -6,7 +6,7 @@ import time
 
 from fastapi import APIRouter, Request, Response
 
-from chaser_auth.api.deps import RuntimeDep, client_address, limit_key
+from chaser_auth.api.deps import RuntimeDep, client_key
 from chaser_auth.api.errors import error_responses
 from chaser_auth.api.schemas import (
     AuthResponse,
@@ -45,7 +45,7 @@ async def request_password_reset(
     await runtime.limiter.enforce(
         settings.limit("rate_limit_reset_per_ip"),
         "ip",
-        limit_key(client_address(request)),
+        client_key(request),
         time.time(),
     )
     await runtime.recovery.request(body.email)

@@ -12,14 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
-
-from chaser_auth.store.repositories import QUEUED, Store
-from chaser_auth.store.tables import OutboxMessage
+from chaser_auth.store.repositories import Store, new_outbox_row
 
 MAX_BATCH = 512
 
@@ -30,24 +26,14 @@ class OutboxIntake:
         self._waiting: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
 
-    async def enqueue(self, kind: str, now: datetime, payload: dict[str, Any]) -> uuid.UUID:
-        row_id = uuid.uuid4()
-        row = {
-            "id": row_id,
-            "kind": kind,
-            "status": QUEUED,
-            "payload": payload,
-            "attempts": 0,
-            "created_at": now,
-            "available_at": now,
-        }
+    async def enqueue(self, kind: str, now: datetime, payload: dict[str, Any]) -> None:
+        row = new_outbox_row(kind, now, payload=payload)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append((row, done))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write())
         # shield: a client that hangs up must not cancel the commit its neighbours wait for.
         await asyncio.shield(done)
-        return row_id
 
     async def _write(self) -> None:
         while self._waiting:
@@ -55,7 +41,7 @@ class OutboxIntake:
             del self._waiting[:MAX_BATCH]
             try:
                 async with self.store.tx() as tx:
-                    await tx.db.execute(insert(OutboxMessage), [row for row, _ in batch])
+                    await tx.outbox.add_many([row for row, _ in batch])
             except Exception as exc:  # noqa: BLE001 - handed to every waiter, who raises it
                 for _, done in batch:
                     if not done.done():

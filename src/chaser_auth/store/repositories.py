@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, func, or_, select, text, update
+from sqlalchemy import CursorResult, delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from chaser_auth.store.tables import AuditEvent, OutboxMessage, ResetToken, Session, User
@@ -126,6 +126,26 @@ class ResetTokens:
         return _rowcount(result)
 
 
+def new_outbox_row(
+    kind: str,
+    now: datetime,
+    *,
+    payload: dict[str, Any] | None = None,
+    user_id: uuid.UUID | None = None,
+) -> dict[str, Any]:
+    """A queued outbox row, due now, as the values to insert."""
+    return {
+        "id": uuid.uuid4(),
+        "kind": kind,
+        "status": QUEUED,
+        "payload": payload,
+        "user_id": user_id,
+        "attempts": 0,
+        "created_at": now,
+        "available_at": now,
+    }
+
+
 @dataclass
 class Outbox:
     db: AsyncSession
@@ -137,20 +157,12 @@ class Outbox:
         *,
         payload: dict[str, Any] | None = None,
         user_id: uuid.UUID | None = None,
-    ) -> uuid.UUID:
-        message = OutboxMessage(
-            id=uuid.uuid4(),
-            kind=kind,
-            status=QUEUED,
-            payload=payload,
-            user_id=user_id,
-            attempts=0,
-            created_at=now,
-            available_at=now,
-        )
-        self.db.add(message)
-        await self.db.flush()
-        return message.id
+    ) -> None:
+        await self.add_many([new_outbox_row(kind, now, payload=payload, user_id=user_id)])
+
+    async def add_many(self, rows: list[dict[str, Any]]) -> None:
+        """Insert rows made by `new_outbox_row`, in one statement."""
+        await self.db.execute(insert(OutboxMessage), rows)
 
     async def claim(
         self, now: datetime, lease_until: datetime, limit: int
