@@ -227,13 +227,28 @@ class Served:
         return got[-1].link()
 
 
+def bound_socket() -> socket.socket:
+    """A listening-ready socket on a free port: bind first when the settings need the URL
+    (`public_url`), then hand it to `serve`."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+def socket_url(sock: socket.socket) -> str:
+    return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
 @contextlib.asynccontextmanager
-async def serve(settings: Settings, clock: FakeClock, smtp: Smtp | None) -> AsyncIterator[Served]:
+async def serve(
+    settings: Settings,
+    clock: FakeClock,
+    smtp: Smtp | None,
+    sock: socket.socket | None = None,
+) -> AsyncIterator[Served]:
     await asyncio.to_thread(migrate.upgrade, settings.database_url)
     app = create_app(settings, clock)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    with sock or bound_socket() as sock:
         config = uvicorn.Config(
             app, log_config=None, access_log=False, lifespan="on", proxy_headers=False
         )
@@ -244,7 +259,7 @@ async def serve(settings: Settings, clock: FakeClock, smtp: Smtp | None) -> Asyn
                 if task.done():
                     task.result()
                 await asyncio.sleep(0.01)
-            url = f"http://127.0.0.1:{port}"
+            url = socket_url(sock)
             async with httpx.AsyncClient(base_url=url, timeout=30) as client:
                 yield Served(url, client, clock, settings, app.state.runtime, smtp)
         finally:

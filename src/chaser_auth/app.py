@@ -1,4 +1,4 @@
-"""`create_app(settings)` → the ASGI app: routers, error handlers, edge middleware, lifespan.
+"""`create_app(settings)` → the ASGI app: routers, pages, error handlers, edge middleware, lifespan.
 
 The lifespan builds the `Runtime` (engine, services) and, unless `embedded_worker` is off,
 runs the delivery worker as a task in the same event loop.
@@ -20,6 +20,7 @@ from chaser_auth.config import Settings
 from chaser_auth.domain.clock import Clock, utcnow
 from chaser_auth.logs import configure_logging
 from chaser_auth.runtime import Runtime
+from chaser_auth.web import pages
 
 DESCRIPTION = """Self-hostable implementation of the `auth` surface of the Chaser Core API.
 
@@ -55,6 +56,8 @@ def create_app(settings: Settings, clock: Clock = utcnow) -> FastAPI:
     app.include_router(reset.router)
     app.include_router(accounts.router)
     app.include_router(health.router)
+    app.include_router(pages.router(settings))
+    app.mount("/static", pages.static_files(settings), name="static")
     app.add_middleware(EdgeMiddleware)
     return app
 

@@ -1,0 +1,114 @@
+"""The pages a person opens from an email: `/forgot-password`, `/reset-password`, `/verify-email`.
+
+Each page is server-rendered HTML (Jinja2) plus one script and one stylesheet of ours under
+`/static/`. Tokens travel in the URL fragment, which a browser never sends, so a GET carries no
+secret and loading a page — by a person, a mail scanner, a prefetcher — changes nothing; only
+the script's POST on the person's submit uses a token.
+
+The pages depend on nothing per request, so they are rendered once, when the app is built (a
+broken override template fails at start-up, not on a visitor). An operator re-brands them by
+putting files in `CHASER_AUTH_TEMPLATES_DIR`: `pages/<name>.html` replaces a template,
+`static/chaser-auth.css` replaces the stylesheet.
+"""
+
+from __future__ import annotations
+
+from email.utils import parseaddr
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Response
+from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader, StrictUndefined
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from chaser_auth.config import Settings
+from chaser_auth.domain.passwords import MAX_LENGTH
+
+PAGES = {
+    "/forgot-password": "forgot_password.html",
+    "/reset-password": "reset_password.html",
+    "/verify-email": "verify_email.html",
+}
+
+# No inline script or style, nothing from another origin, no framing, no form posting elsewhere.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+PAGE_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=(), interest-cohort=()",
+}
+
+
+def site_name(settings: Settings) -> str:
+    """The name the person saw as the email's sender (`MAIL_FROM`'s display name)."""
+    return parseaddr(settings.mail_from)[0] or "chaser-auth"
+
+
+def render_pages(settings: Settings) -> dict[str, bytes]:
+    loaders: list[Any] = [PackageLoader("chaser_auth.web", "templates")]
+    if settings.templates_dir is not None:
+        loaders.insert(0, FileSystemLoader(settings.templates_dir / "pages"))
+    env = Environment(
+        loader=ChoiceLoader(loaders),
+        autoescape=True,
+        undefined=StrictUndefined,
+    )
+    context = {
+        "site_name": site_name(settings),
+        "app_url": settings.app_url,
+        "min_length": settings.password_min_length,
+        "max_length": MAX_LENGTH,
+        "reset_ttl_minutes": settings.reset_token_ttl // 60,
+    }
+    return {
+        path: env.get_template(name).render(page=name.removesuffix(".html"), **context).encode()
+        for path, name in PAGES.items()
+    }
+
+
+def router(settings: Settings) -> APIRouter:
+    rendered = render_pages(settings)
+    pages = APIRouter(include_in_schema=False)
+
+    def add(path: str, body: bytes) -> None:
+        async def page() -> Response:
+            return Response(body, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+        pages.add_api_route(path, page, methods=["GET", "HEAD"], name=path.strip("/"))
+
+    for path, body in rendered.items():
+        add(path, body)
+    return pages
+
+
+class _WithHeaders:
+    """Adds the page headers to every static response (a script is a document's part too)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.extra = [(k.lower().encode(), v.encode()) for k, v in PAGE_HEADERS.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), *self.extra]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+def static_files(settings: Settings) -> ASGIApp:
+    override: Path | None = None
+    if settings.templates_dir is not None and (settings.templates_dir / "static").is_dir():
+        override = settings.templates_dir / "static"
+    return _WithHeaders(
+        StaticFiles(
+            directory=override, packages=[("chaser_auth.web", "static")], follow_symlink=False
+        )
+    )
