@@ -3,7 +3,9 @@ create` does (`cli._create_user`), without paying ~1 s of interpreter start-up p
 
 Run with the working directory and CHASER_AUTH_* environment of the server it is for; the
 addresses come one per line on stdin, the password is `_harness.PASSWORD`. Prints how many were
-created. Used by timing_leak.py, which needs >= 50 accounts within its time budget.
+created. Used by timing_leak.py, which needs >= 50 accounts within its time budget, and by
+login_timing.py. The argon2 cost is whatever the environment says (`_harness` lowers it unless
+asked for the production cost).
 """
 
 from __future__ import annotations

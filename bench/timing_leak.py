@@ -9,10 +9,11 @@ silently suppresses every request after the third for an account, which is part 
 the answer must not differ then either.
 
 Printed: the median time of each group, the difference of the medians (µs and %), the
-Mann-Whitney U two-sided p-value (scipy if importable, else the normal approximation with tie
-correction below), whether status, body and header names were identical, and two secondary
-splits: by the kind of the *previous* request (the delivery worker handles request i while
-request i+1 is being answered), and existing addresses that were mailed vs suppressed.
+Mann-Whitney U two-sided p-value (`_harness.mann_whitney_u`: scipy if importable, else the
+normal approximation with tie correction), whether status, body and header names were
+identical, and two secondary splits: by the kind of the *previous* request (the delivery
+worker handles request i while request i+1 is being answered), and existing addresses that
+were mailed vs suppressed.
 
     .venv/bin/python bench/timing_leak.py [--existing 2000] [--unknown 2000] [--accounts 60]
 """
@@ -39,18 +40,21 @@ from pathlib import Path
 
 from _harness import (
     HOST,
+    VOLATILE_HEADERS,
     Server,
     chaser_env,
     create_accounts_in_one_process,
     log_problems,
+    mann_whitney_u,
     outbox_counts,
+    query_db,
+    read_response,
     start_chaser,
     stop,
     uvicorn_impl,
 )
 
 PATH = "/auth/password-reset/request"
-VOLATILE_HEADERS = {b"date", b"x-request-id"}  # differ on every answer by design
 
 
 @dataclass
@@ -64,63 +68,6 @@ class Sample:
     mailed: bool  # existing only: one of the first 3 requests for its account
     previous: str | None
     position: int  # index in the measured sequence
-
-
-def mann_whitney_u(a: list[float], b: list[float]) -> tuple[float, float, str]:
-    """Two-sided Mann-Whitney U test: (U of `a`, p-value, method)."""
-    try:
-        from scipy.stats import mannwhitneyu  # type: ignore[import-not-found]
-    except ImportError:
-        pass
-    else:
-        res = mannwhitneyu(a, b, alternative="two-sided")
-        return float(res.statistic), float(res.pvalue), "scipy.stats.mannwhitneyu"
-    n1, n2 = len(a), len(b)
-    n = n1 + n2
-    pooled = sorted([(v, 0) for v in a] + [(v, 1) for v in b])
-    rank_sum_a = 0.0
-    ties = 0.0
-    i = 0
-    while i < n:  # average ranks over runs of equal values
-        j = i
-        while j + 1 < n and pooled[j + 1][0] == pooled[i][0]:
-            j += 1
-        average = (i + j) / 2 + 1
-        t = j - i + 1
-        ties += t**3 - t
-        rank_sum_a += average * sum(1 for k in range(i, j + 1) if pooled[k][1] == 0)
-        i = j + 1
-    u = rank_sum_a - n1 * (n1 + 1) / 2
-    mean = n1 * n2 / 2
-    sd = math.sqrt(n1 * n2 / 12 * ((n + 1) - ties / (n * (n - 1))))
-    if sd == 0:
-        return u, 1.0, "normal approximation (all values equal)"
-    z = (u - mean - math.copysign(0.5, u - mean)) / sd if u != mean else 0.0
-    return u, math.erfc(abs(z) / math.sqrt(2)), "normal approximation, tie + continuity corr."
-
-
-def read_response(sock: socket.socket, buffer: bytearray) -> tuple[bytes, bytes]:
-    """One HTTP/1.1 response with a Content-Length: (head, body). `buffer` keeps leftovers."""
-    while (end := buffer.find(b"\r\n\r\n")) < 0:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        buffer += chunk
-    head = bytes(buffer[:end])
-    length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    total = end + 4 + length
-    while len(buffer) < total:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("server closed the connection")
-        buffer += chunk
-    body = bytes(buffer[end + 4 : total])
-    del buffer[:total]
-    return head, body
 
 
 def request_bytes(email: str, port: int) -> bytes:
@@ -210,16 +157,11 @@ def compare(label: str, a_ns: list[int], b_ns: list[int], a_name: str, b_name: s
 
 
 def audit_counts(workdir: Path) -> dict[str, int]:
-    db = workdir / "var" / "chaser-auth.db"
     try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
-        try:
-            rows = con.execute("SELECT event, count(*) FROM audit_events GROUP BY event")
-            return {str(e): int(c) for e, c in rows.fetchall()}
-        finally:
-            con.close()
+        rows = query_db(workdir, "SELECT event, count(*) FROM audit_events GROUP BY event")
     except sqlite3.Error as exc:
         return {f"error: {exc}": 0}
+    return {str(e): int(c) for e, c in rows}
 
 
 def time_matched(targets: list[Sample], pool: list[Sample]) -> list[Sample]:
