@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI
 
 from chaser_auth import __version__
-from chaser_auth.api import accounts, errors, health, reset
+from chaser_auth.api import accounts, errors, health, reset, signup
 from chaser_auth.api.deps import parse_proxies
 from chaser_auth.api.middleware import EdgeMiddleware
 from chaser_auth.config import Settings
@@ -54,6 +54,7 @@ def create_app(settings: Settings, clock: Clock = utcnow) -> FastAPI:
     app.state.trusted_proxies = parse_proxies(settings.trusted_proxies)
     errors.install(app)
     app.include_router(reset.router)
+    app.include_router(signup.router)
     app.include_router(accounts.router)
     app.include_router(health.router)
     app.include_router(pages.router(settings))

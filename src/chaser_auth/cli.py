@@ -1,4 +1,4 @@
-"""`chaser-auth` — serve the API, run the delivery worker, migrate, manage users and the outbox.
+"""`chaser-auth` — serve the API, run the delivery worker, migrate, manage accounts and the outbox.
 
 Configuration comes from CHASER_AUTH_* environment variables and `.env` (see README)."""
 
@@ -79,6 +79,29 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read the password from the first line of standard input",
     )
+    users.add_parser("list", help="list accounts", description="List every account, oldest first.")
+    for action, text in (
+        ("disable", "disable an account: no login, no reset mail; its sessions and links end"),
+        ("enable", "enable a disabled account again"),
+    ):
+        users.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
+        users.choices[action].add_argument("email")
+    delete = users.add_parser(
+        "delete",
+        help="delete an account with its sessions and links",
+        description="Delete an account with its sessions and links. The audit trail keeps "
+        "its id (never its address).",
+    )
+    delete.add_argument("email")
+    delete.add_argument("--yes", action="store_true", help="really delete (required)")
+    reset_link = users.add_parser(
+        "reset-link",
+        help="print a password-reset link for support staff to hand over",
+        description="Print a password-reset link for the account, for support staff to hand "
+        "over. It follows the rules of an emailed link (single use, CHASER_AUTH_RESET_TOKEN_TTL, "
+        "older links revoked) and is recorded in the audit trail.",
+    )
+    reset_link.add_argument("email")
 
     outbox = commands.add_parser("outbox", help="inspect and re-drive mail").add_subparsers(
         dest="outbox_command", required=True, metavar="ACTION"
@@ -134,9 +157,13 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     migrate.upgrade(settings.database_url)
     if args.command == "worker":
         return _run(settings, _worker)
-    if args.command == "users":
+    if args.command == "users" and args.users_command == "create":
         password = _read_password(args.password_stdin)
         return _run(settings, lambda rt: _create_user(rt, args.email, password))
+    if args.command == "users":
+        if args.users_command == "delete" and not args.yes:
+            raise ChaserError("Deleting an account cannot be undone: add --yes to go ahead.")
+        return _run(settings, lambda rt: _users(rt, args))
     if args.command == "outbox":
         return _run(settings, lambda rt: _outbox(rt, args))
     raise AssertionError(args.command)
@@ -211,6 +238,30 @@ async def _create_user(runtime: Runtime, email: str, password: str) -> int:
     await runtime.store.ping()
     user = await runtime.accounts.create(email, password)
     print(f"created account {user.id}")
+    return 0
+
+
+async def _users(runtime: Runtime, args: argparse.Namespace) -> int:
+    accounts = runtime.accounts
+    if args.users_command == "list":
+        print(f"{'id':36}  {'created':20}  {'verified':8}  {'active':6}  email")
+        for user in await accounts.listing():
+            print(
+                f"{user.id!s:36}  {user.created_at:%Y-%m-%dT%H:%M:%SZ}  "
+                f"{'yes' if user.email_verified else 'no':8}  "
+                f"{'yes' if user.is_active else 'no':6}  {user.email}"
+            )
+        return 0
+    if args.users_command in ("disable", "enable"):
+        user = await accounts.set_active(args.email, args.users_command == "enable")
+        print(f"{args.users_command}d account {user.id}")
+        return 0
+    if args.users_command == "delete":
+        user = await accounts.delete(args.email)
+        print(f"deleted account {user.id}")
+        return 0
+    link = await runtime.recovery.operator_link(await accounts.find(args.email))
+    print(link)
     return 0
 
 

@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     rate_limit_reset_per_ip: str = "10/minute"
     rate_limit_reset_per_address: str = "3/hour"
     rate_limit_login: str = "10/minute"
+    rate_limit_register_per_ip: str = "20/hour"
     trusted_proxies: str | None = None
 
     password_min_length: Annotated[int, Field(ge=8, le=128)] = 15
@@ -76,7 +77,11 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
 
     @field_validator(
-        "rate_limit_reset_per_ip", "rate_limit_reset_per_address", "rate_limit_login", "mail_rate"
+        "rate_limit_reset_per_ip",
+        "rate_limit_reset_per_address",
+        "rate_limit_login",
+        "rate_limit_register_per_ip",
+        "mail_rate",
     )
     @classmethod
     def _rate_string(cls, value: str | None) -> str | None:

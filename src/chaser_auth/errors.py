@@ -2,12 +2,16 @@
 
     ChaserError                      code                 status  raised by
     ├── InvalidRequest               invalid_request      422     api (body failed validation)
+    ├── InvalidAddress               invalid_email        422     domain (register, users create)
     ├── PayloadTooLarge              payload_too_large    413     api (body over the cap)
     ├── InvalidToken                 invalid_token        400     domain.recovery / sessions
     ├── WeakPassword                 weak_password        422     domain.passwords
     ├── InvalidCredentials           invalid_credentials  401     domain.accounts (login)
+    ├── IncorrectPassword            incorrect_password   403     domain.accounts (change)
     ├── NotAuthenticated             not_authenticated    401     api.deps (bearer missing/dead)
-    ├── NotFound                     not_found            404     routing
+    ├── NotFound                     not_found            404     routing, unknown session
+    ├── AccountExists                account_exists       409     users create (operator CLI)
+    ├── AccountDisabled              account_disabled     409     users reset-link (operator CLI)
     ├── MethodNotAllowed             method_not_allowed   405     routing
     ├── RateLimited                  rate_limited         429     api (per-IP, login throttle)
     ├── ServiceUnavailable           service_unavailable  503     api (database unreachable)
@@ -50,6 +54,12 @@ class InvalidRequest(ChaserError):
     message = "The request body is not valid."
 
 
+class InvalidAddress(ChaserError):
+    status = 422
+    code = "invalid_email"
+    message = "This is not a valid email address."
+
+
 class PayloadTooLarge(ChaserError):
     status = 413
     code = "payload_too_large"
@@ -74,6 +84,15 @@ class InvalidCredentials(ChaserError):
     message = "The email address or password is incorrect."
 
 
+class IncorrectPassword(ChaserError):
+    """The current password, asked again to change it; not 401, which would end the session
+    in most clients."""
+
+    status = 403
+    code = "incorrect_password"
+    message = "The current password is incorrect."
+
+
 class NotAuthenticated(ChaserError):
     status = 401
     code = "not_authenticated"
@@ -84,6 +103,18 @@ class NotFound(ChaserError):
     status = 404
     code = "not_found"
     message = "Not found."
+
+
+class AccountExists(ChaserError):
+    status = 409
+    code = "account_exists"
+    message = "An account with this email address already exists."
+
+
+class AccountDisabled(ChaserError):
+    status = 409
+    code = "account_disabled"
+    message = "This account is disabled."
 
 
 class MethodNotAllowed(ChaserError):

@@ -10,6 +10,7 @@ from chaser_auth.domain.accounts import AccountService
 from chaser_auth.domain.clock import Clock, utcnow
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.recovery import RecoveryService
+from chaser_auth.domain.registration import RegistrationService
 from chaser_auth.domain.sessions import SessionService
 from chaser_auth.mail.messages import Renderer
 from chaser_auth.mail.transport import FileTransport, MailTransport, SmtpTransport
@@ -38,6 +39,7 @@ class Runtime:
     sessions: SessionService
     accounts: AccountService
     recovery: RecoveryService
+    registration: RegistrationService
     wake: asyncio.Event
 
     @classmethod
@@ -51,6 +53,7 @@ class Runtime:
         sessions = SessionService(
             store, clock, secret, settings.session_idle_ttl, settings.session_max_ttl
         )
+        intake = OutboxIntake(store)
         return cls(
             settings=settings,
             clock=clock,
@@ -65,7 +68,7 @@ class Runtime:
             ),
             recovery=RecoveryService(
                 store=store,
-                intake=OutboxIntake(store),
+                intake=intake,
                 clock=clock,
                 secret=secret,
                 reset_ttl=settings.reset_token_ttl,
@@ -74,6 +77,17 @@ class Runtime:
                 hasher=hasher,
                 sessions=sessions,
                 notify_unknown=settings.notify_unknown,
+            ),
+            registration=RegistrationService(
+                store=store,
+                intake=intake,
+                clock=clock,
+                secret=secret,
+                verify_ttl=settings.verify_token_ttl,
+                public_url=settings.public_url,
+                policy=policy,
+                hasher=hasher,
+                sessions=sessions,
             ),
             wake=asyncio.Event(),
         )
@@ -84,6 +98,7 @@ class Runtime:
             store=self.store,
             clock=self.clock,
             recovery=self.recovery,
+            registration=self.registration,
             renderer=Renderer(s.mail_from, s.templates_dir),
             transport=transport or make_transport(s),
             address_limit=PerAddressLimit(self.limiter, s.limit("rate_limit_reset_per_address")),

@@ -22,7 +22,6 @@ SEED = ROOT / "docs" / "seed" / "000_63cef650650d4c81.txt"
 CHASER_API = ROOT / "docs" / "chaser-api"
 METHODS = ("get", "put", "post", "delete", "patch", "options", "head", "trace")
 ERROR_SCHEMA = "#/components/schemas/ErrorResponse"
-NOT_YET = pytest.mark.xfail(strict=True, reason="verify-email lands with the accounts issue")
 
 
 def seed_document() -> dict[str, Any]:
@@ -51,12 +50,7 @@ def operations() -> list[Any]:
             for method, operation in item.items():
                 if method not in METHODS:
                     continue
-                marks = [NOT_YET] if operation["operationId"] == "verify-email" else []
-                found.append(
-                    pytest.param(
-                        path, method, operation, marks=marks, id=f"{source}:{method}:{path}"
-                    )
-                )
+                found.append(pytest.param(path, method, operation, id=f"{source}:{method}:{path}"))
     return found
 
 
@@ -64,9 +58,7 @@ def schemas() -> list[Any]:
     found = []
     for source, document in REFERENCES.items():
         for name, schema in document["components"]["schemas"].items():
-            # Only referenced by /auth/verify-email, so it appears with that endpoint.
-            marks = [NOT_YET] if name == "VerifyEmailRequest" else []
-            found.append(pytest.param(name, schema, marks=marks, id=f"{source}:{name}"))
+            found.append(pytest.param(name, schema, id=f"{source}:{name}"))
     return found
 
 

@@ -49,6 +49,30 @@ async def test_every_login_failure_looks_the_same(app: Served) -> None:
     assert answers[0].json()["error"]["code"] == "invalid_credentials"
 
 
+async def test_every_login_failure_pays_for_one_argon2_verification(app: Served) -> None:
+    """The code path behind equal timing (bench/login_timing.py measures the timing itself):
+    an unknown address verifies the dummy hash; a wrong password, an unverified and a disabled
+    account verify their stored hash — one verification each, all ending in the same 401."""
+    await app.create_user("vera@example.com")
+    await app.runtime.accounts.create("unverified@example.com", PASSWORD, verified=False)
+    await app.create_user("off@example.com")
+    await app.runtime.accounts.set_active("off@example.com", False)
+    counts = app.runtime.hasher.verifications
+    cases = (
+        ("nobody@example.com", PASSWORD, "dummy"),
+        ("not an address", PASSWORD, "dummy"),
+        ("vera@example.com", "wrong password entirely", "stored"),
+        ("unverified@example.com", PASSWORD, "stored"),
+        ("off@example.com", PASSWORD, "stored"),
+    )
+    for email, password, kind in cases:
+        before = counts.copy()
+        response = await app.client.post("/auth/login", json={"email": email, "password": password})
+        assert response.status_code == 401
+        assert response.json()["error"]["code"] == "invalid_credentials"
+        assert counts - before == {kind: 1}, email
+
+
 async def test_logout_ends_the_session_on_the_next_request(app: Served) -> None:
     await app.create_user("erin@example.com")
     _, first = await login(app, "erin@example.com")

@@ -6,6 +6,7 @@ problem would switch on — and then reads every log record and every byte of th
 from __future__ import annotations
 
 import logging
+import re
 import sqlite3
 from pathlib import Path
 
@@ -14,6 +15,9 @@ import pytest
 from tests.conftest import NEW_PASSWORD, PASSWORD, Served
 
 ADDRESS = "Private.Person@Example.com"
+SIGNUP = "Signing.Up@Example.com"
+THIRD_PASSWORD = "yet another long passphrase 31"
+VERIFY_LINK = re.compile(r"/verify-email#token=([A-Za-z0-9_-]{43,})")
 
 
 async def run_flow(app: Served) -> dict[str, str]:
@@ -28,13 +32,40 @@ async def run_flow(app: Served) -> dict[str, str]:
     assert login.status_code == 200
     wrong = await app.client.post("/auth/login", json={"email": ADDRESS, "password": PASSWORD})
     assert wrong.status_code == 401
+    bearer = {"Authorization": f"Bearer {login.json()['token']}"}
+    assert (await app.client.get("/auth/sessions", headers=bearer)).status_code == 200
+    changed = await app.client.post(
+        "/auth/password/change",
+        headers=bearer,
+        json={"current_password": NEW_PASSWORD, "password": THIRD_PASSWORD},
+    )
+    assert changed.status_code == 200
+    operator_link = await app.runtime.recovery.operator_link(
+        await app.runtime.accounts.find(ADDRESS)
+    )
+
+    signed_up = await app.client.post(
+        "/auth/register", json={"email": SIGNUP, "password": PASSWORD}
+    )
+    assert signed_up.status_code == 202
+    assert app.smtp is not None
+    [mail] = await app.smtp.sink.wait_for(1, to=SIGNUP.lower())
+    found = VERIFY_LINK.search(mail.text())
+    assert found
+    verified = await app.client.post("/auth/verify-email", json={"token": found.group(1)})
+    assert verified.status_code == 200
     await app.settle()
     return {
         "reset token": reset_token,
+        "operator's reset token": operator_link.rpartition("=")[2],
+        "verification token": found.group(1),
         "session from confirm": confirmed.json()["token"],
         "session from login": login.json()["token"],
+        "session from change": changed.json()["token"],
+        "session from verification": verified.json()["token"],
         "old password": PASSWORD,
         "new password": NEW_PASSWORD,
+        "third password": THIRD_PASSWORD,
     }
 
 
@@ -45,6 +76,8 @@ def forbidden_in_text(secrets: dict[str, str]) -> dict[str, str]:
         "address as typed": ADDRESS,
         "unknown address": "nobody-here@example.com",
         "local part": "private.person",
+        "signed-up address": SIGNUP,
+        "signed-up local part": "signing.up",
     }
 
 
@@ -75,22 +108,34 @@ async def test_database_holds_no_usable_token_or_password(app: Served, tmp_path:
 
     with sqlite3.connect(tmp_path / "auth.db") as db:
         digests = [row[0] for row in db.execute("SELECT token_digest FROM reset_tokens")]
+        digests += [row[0] for row in db.execute("SELECT token_digest FROM verify_tokens")]
         digests += [row[0] for row in db.execute("SELECT token_digest FROM sessions")]
         payloads = [row[0] for row in db.execute("SELECT payload FROM outbox")]
         every_value = [
             str(value)
-            for table in ("users", "sessions", "reset_tokens", "outbox", "audit_events")
+            for table in (
+                "users",
+                "sessions",
+                "reset_tokens",
+                "verify_tokens",
+                "outbox",
+                "audit_events",
+            )
             for row in db.execute(f"SELECT * FROM {table}")  # noqa: S608 - fixed names
             for value in row
             if isinstance(value, str) and len(value) >= 8
         ]
-    assert len(digests) == 3  # one reset token, two sessions: we looked at the right place
+    # two reset tokens (mailed, operator's), one verification token, four sessions (confirm,
+    # login, change, verification): we looked at the right place
+    assert len(digests) == 7
     # once handled, a request forgets the string the client typed
     assert payloads == [None] * len(payloads)
 
     # A copy of the database alone does not reset anyone's password: no stored value works.
     for value in every_value:
         response = await app.client.post("/auth/password-reset/verify", json={"token": value})
+        assert response.status_code == 400
+        response = await app.client.post("/auth/verify-email", json={"token": value})
         assert response.status_code == 400
         me = await app.client.get("/auth/me", headers={"Authorization": f"Bearer {value}"})
         assert me.status_code == 401

@@ -138,6 +138,15 @@ async def checked_tab(browser: Any, width: int = 1280, height: int = 800) -> Asy
         await opened.page.context.close()
 
 
+def state(tab: Tab, name: str) -> Any:
+    """One of the page's `data-state` sections (the script shows exactly one)."""
+    return tab.page.locator(f'[data-state="{name}"]')
+
+
+async def shown(tab: Tab, name: str) -> None:
+    await state(tab, name).wait_for(state="visible", timeout=10_000)
+
+
 @pytest.fixture
 async def tab(browser: Any) -> AsyncIterator[Tab]:
     async with checked_tab(browser) as opened:

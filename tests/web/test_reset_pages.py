@@ -20,17 +20,9 @@ from tests.conftest import (
     serve,
     socket_url,
 )
-from tests.web.conftest import APP_URL, Tab, checked_tab
+from tests.web.conftest import APP_URL, Tab, checked_tab, shown, state
 
 COMMON_PASSWORD = "qwertyuiopasdfgh"  # long enough for the page, on the breached-password list
-
-
-def state(tab: Tab, name: str) -> Any:
-    return tab.page.locator(f'[data-state="{name}"]')
-
-
-async def shown(tab: Tab, name: str) -> None:
-    await state(tab, name).wait_for(state="visible", timeout=10_000)
 
 
 async def login(site: Served, email: str, password: str) -> int:

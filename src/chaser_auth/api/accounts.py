@@ -1,18 +1,27 @@
-"""Login, the current account, logout."""
+"""Login, the current account, its sessions, password change, logout."""
 
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
 from chaser_auth.api.deps import RuntimeDep, SessionDep, client_key
 from chaser_auth.api.errors import error_responses
-from chaser_auth.api.schemas import AuthResponse, ErrorResponse, LoginRequest, MeResponse
+from chaser_auth.api.schemas import (
+    AuthResponse,
+    ErrorResponse,
+    LoginRequest,
+    MeResponse,
+    PasswordChangeRequest,
+    SessionInfo,
+    SessionList,
+)
 from chaser_auth.domain import tokens
 from chaser_auth.domain.addresses import address_key
-from chaser_auth.errors import InvalidCredentials
+from chaser_auth.errors import IncorrectPassword, InvalidCredentials
 
 router = APIRouter(prefix="/auth", tags=["subpackage_auth"])
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
@@ -75,3 +84,69 @@ async def me(auth: SessionDep) -> MeResponse:
 async def logout(auth: SessionDep, runtime: RuntimeDep) -> Response:
     await runtime.sessions.revoke(auth.session.id)
     return Response(status_code=204)
+
+
+@router.get(
+    "/sessions",
+    operation_id="list-sessions",
+    summary="The account's live sessions",
+    response_model=SessionList,
+    responses=UNAUTHORIZED,
+)
+async def list_sessions(auth: SessionDep, runtime: RuntimeDep) -> SessionList:
+    rows = await runtime.sessions.live(auth.user.id)
+    return SessionList(
+        sessions=[
+            SessionInfo(
+                id=row.id,
+                created_at=row.created_at,
+                last_seen_at=row.last_seen_at,
+                expires_at=row.expires_at,
+                current=row.id == auth.session.id,
+            )
+            for row in rows
+        ]
+    )
+
+
+@router.delete(
+    "/sessions/{session_id}",
+    operation_id="end-session",
+    summary="End one of the account's sessions (the current one included)",
+    status_code=204,
+    response_class=Response,
+    responses={**UNAUTHORIZED, **error_responses(404, 422)},
+)
+async def end_session(session_id: uuid.UUID, auth: SessionDep, runtime: RuntimeDep) -> Response:
+    await runtime.sessions.end(auth.user.id, session_id)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/password/change",
+    operation_id="change-password",
+    summary="Change the password (a new session; every other one ends)",
+    response_model=AuthResponse,
+    responses={
+        200: {"description": "Password changed and a new session created"},
+        **UNAUTHORIZED,
+        **error_responses(403, 413, 422, 429),
+    },
+)
+async def change_password(
+    body: PasswordChangeRequest, request: Request, auth: SessionDep, runtime: RuntimeDep
+) -> AuthResponse:
+    # Wrong current passwords count against the same per account+client budget as logins: a
+    # stolen session must not become a password-guessing oracle.
+    key = f"{auth.user.id}:{client_key(request)}"
+    item = runtime.settings.limit("rate_limit_login")
+    await runtime.limiter.blocked(item, "password-change", key, time.time())
+    try:
+        result = await runtime.accounts.change_password(
+            auth.user, body.current_password, body.password
+        )
+    except IncorrectPassword:
+        await runtime.limiter.hit(item, "password-change", key)
+        raise
+    runtime.wake.set()
+    return AuthResponse(email=result.email, token=result.token, user_id=str(result.user_id))

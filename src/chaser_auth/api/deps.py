@@ -6,6 +6,7 @@ import ipaddress
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from chaser_auth.domain.sessions import Authenticated
 from chaser_auth.runtime import Runtime
@@ -68,15 +69,17 @@ def _within(address: str, networks: tuple[Network, ...]) -> bool:
     return any(ip in net for net in networks)
 
 
-def bearer_token(request: Request) -> str | None:
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    return value.strip() if scheme.lower() == "bearer" else None
+# Declared through FastAPI's HTTPBearer so the OpenAPI document shows which endpoints need a
+# session; auto_error=False leaves a missing or non-Bearer header to `authenticate`, which
+# answers it in the one error shape.
+_bearer = HTTPBearer(auto_error=False, description="A session token from an AuthResponse")
 
 
 async def current_session(
-    request: Request, runtime: Annotated[Runtime, Depends(get_runtime)]
+    runtime: Annotated[Runtime, Depends(get_runtime)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Authenticated:
-    return await runtime.sessions.authenticate(bearer_token(request))
+    return await runtime.sessions.authenticate(credentials.credentials if credentials else None)
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

@@ -29,6 +29,9 @@ DB_RETRY_AFTER = "5"
 
 ERROR_TEXT = {
     400: "Invalid or expired token",
+    401: "Missing, unknown or ended session",
+    403: "The current password is incorrect",
+    404: "No such session of this account",
     413: "Request body over 4 KiB",
     422: "Body missing, not JSON, or fields of the wrong type; or a weak password",
     429: "Too many requests from this client address",

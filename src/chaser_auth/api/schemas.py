@@ -1,6 +1,6 @@
 """The public contract. Class names are schema names in the OpenAPI document and match the
 Chaser Core API exactly (`PasswordResetRequest`, `MessageResponse`,
-`PasswordResetConfirmRequest`, `AuthResponse`; `VerifyEmailRequest` comes with its endpoint);
+`PasswordResetConfirmRequest`, `VerifyEmailRequest`, `AuthResponse`);
 so do field names and required lists. Models are strict — a number is not an email — and
 ignore unknown fields."""
 
@@ -59,6 +59,43 @@ class PasswordResetVerifyResponse(Schema):
 
     valid: bool
     expires_at: datetime
+
+
+class VerifyEmailRequest(Schema):
+    """Request body for email verification completion."""
+
+    model_config = ConfigDict(title="VerifyEmailRequest")
+    token: str
+
+
+class RegisterRequest(Schema):
+    """Email address and password for a new account."""
+
+    email: str
+    password: str
+
+
+class PasswordChangeRequest(Schema):
+    """The current password and the new one."""
+
+    current_password: str
+    password: str
+
+
+class SessionInfo(Schema):
+    """One signed-in session of the account (never its token)."""
+
+    id: uuid.UUID
+    created_at: datetime
+    last_seen_at: datetime
+    expires_at: datetime
+    current: bool
+
+
+class SessionList(Schema):
+    """The account's live sessions, most recently used first."""
+
+    sessions: list[SessionInfo]
 
 
 class LoginRequest(Schema):

@@ -1,4 +1,5 @@
-"""Accounts: creating one (operator CLI) and logging in."""
+"""Accounts: creating one (operator CLI), logging in, changing the password, and the operator's
+disable / enable / delete."""
 
 from __future__ import annotations
 
@@ -8,22 +9,17 @@ from datetime import datetime
 from chaser_auth.domain.addresses import address_key, stored_form
 from chaser_auth.domain.clock import Clock
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
+from chaser_auth.domain.recovery import PASSWORD_CHANGED
 from chaser_auth.domain.sessions import AuthResult, SessionService
-from chaser_auth.errors import ChaserError, InvalidCredentials
+from chaser_auth.errors import (
+    AccountExists,
+    IncorrectPassword,
+    InvalidAddress,
+    InvalidCredentials,
+    NotFound,
+)
 from chaser_auth.store.repositories import Store
 from chaser_auth.store.tables import User
-
-
-class InvalidAddress(ChaserError):
-    status = 422
-    code = "invalid_email"
-    message = "This is not a valid email address."
-
-
-class AccountExists(ChaserError):
-    status = 409
-    code = "account_exists"
-    message = "An account with this email address already exists."
 
 
 class AccountService:
@@ -92,3 +88,64 @@ class AccountService:
             result = await self.sessions.open(tx, user, now)
             await tx.audit.record("login_succeeded", now, user_id=user.id)
         return result
+
+    async def change_password(self, user: User, current: str, new: str) -> AuthResult:
+        """Current password required; then a new session, every other one revoked, outstanding
+        reset links dead, and the changed-password notice queued — as after a reset."""
+        if not await self.hasher.verify(user.password_hash, current):
+            raise IncorrectPassword()
+        self.policy.check(new, user.email)
+        password_hash = await self.hasher.hash(new)
+        now = self.clock()
+        async with self.store.tx() as tx:
+            await tx.users.set_password(user.id, password_hash, now)
+            await tx.reset_tokens.revoke_all(user.id, now)
+            await tx.verify_tokens.revoke_all(user.id, now)
+            revoked = await tx.sessions.revoke_all(user.id, now)
+            result = await self.sessions.open(tx, user, now)
+            await tx.outbox.enqueue(PASSWORD_CHANGED, now, user_id=user.id)
+            await tx.audit.record(
+                "password_changed", now, user_id=user.id, detail={"sessions_revoked": revoked}
+            )
+        return result
+
+    # -- operator -----------------------------------------------------------------------------
+
+    async def find(self, email: str) -> User:
+        key = address_key(email)
+        async with self.store.tx() as tx:
+            user = await tx.users.by_key(key) if key else None
+        if user is None:
+            raise NotFound("No account has this email address.")
+        return user
+
+    async def listing(self) -> list[User]:
+        async with self.store.tx() as tx:
+            return list(await tx.users.listing())
+
+    async def set_active(self, email: str, active: bool) -> User:
+        """Disabling also ends every session and kills every outstanding link at once."""
+        user = await self.find(email)
+        now = self.clock()
+        async with self.store.tx() as tx:
+            await tx.users.set_active(user.id, active)
+            detail = None
+            if not active:
+                detail = {
+                    "sessions_revoked": await tx.sessions.revoke_all(user.id, now),
+                    "links_revoked": await tx.reset_tokens.revoke_all(user.id, now)
+                    + await tx.verify_tokens.revoke_all(user.id, now),
+                }
+            event = "account_enabled" if active else "account_disabled"
+            await tx.audit.record(event, now, user_id=user.id, detail=detail)
+        return user
+
+    async def delete(self, email: str) -> User:
+        """The account, its sessions and its links go (foreign keys cascade); the audit trail
+        keeps the account's id, never its address."""
+        user = await self.find(email)
+        now = self.clock()
+        async with self.store.tx() as tx:
+            await tx.users.delete(user.id)
+            await tx.audit.record("account_deleted", now, user_id=user.id)
+        return user

@@ -21,7 +21,7 @@ from chaser_auth.domain.addresses import address_key, stored_form
 from chaser_auth.domain.clock import Clock
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.sessions import AuthResult, SessionService
-from chaser_auth.errors import InvalidToken
+from chaser_auth.errors import AccountDisabled, InvalidToken
 from chaser_auth.store.intake import OutboxIntake
 from chaser_auth.store.repositories import Store, Tx
 from chaser_auth.store.tables import OutboxMessage, ResetToken, User
@@ -120,13 +120,20 @@ class RecoveryService:
                 await tx.audit.record("reset_suppressed", now, user_id=user.id, subject=subject)
             return Skip("suppressed")
         async with self.store.tx() as tx:
-            token = await self._mint(tx, user, job.id, now)
+            token = await self._mint(tx, user, job.id, now, event="reset_token_issued")
         return self._reset_letter(user, token)
 
-    async def _mint(self, tx: Tx, user: User, job_id: uuid.UUID, now: datetime) -> str:
-        # A newer link revokes every older one (reason 3 in `tokens`).
+    async def _mint(
+        self, tx: Tx, user: User, job_id: uuid.UUID | None, now: datetime, *, event: str
+    ) -> str:
+        # A newer link revokes every older one (reason 3 in `tokens`). A mailed token is derived
+        # from its outbox row (a retried send carries the same link); a printed one is random.
         await tx.reset_tokens.revoke_all(user.id, now)
-        token = tokens.derive(self.secret, RESET_PURPOSE, job_id)
+        if job_id is None:
+            token = tokens.new_token()
+        else:
+            token = tokens.derive(self.secret, RESET_PURPOSE, job_id)
+            await tx.outbox.resolve(job_id, user.id)
         await tx.reset_tokens.add(
             ResetToken(
                 id=uuid.uuid4(),
@@ -137,9 +144,22 @@ class RecoveryService:
                 expires_at=now + self.ttl,
             )
         )
-        await tx.outbox.resolve(job_id, user.id)
-        await tx.audit.record("reset_token_issued", now, user_id=user.id)
+        await tx.audit.record(event, now, user_id=user.id)
         return token
+
+    async def operator_link(self, user: User) -> str:
+        """A reset link for support staff to hand over (`chaser-auth users reset-link`): the
+        same rules as a mailed one — digest stored, single use, TTL, older links revoked — and
+        an audit event of its own. A disabled account gets none."""
+        if not may_receive_reset(user):
+            raise AccountDisabled("This account is disabled; enable it before issuing a link.")
+        now = self.clock()
+        async with self.store.tx() as tx:
+            token = await self._mint(tx, user, None, now, event="reset_link_issued_by_operator")
+        return self.link(token)
+
+    def link(self, token: str) -> str:
+        return f"{self.public_url}/reset-password#token={token}"
 
     async def _resend(self, job: OutboxMessage, now: datetime) -> Letter | Skip:
         async with self.store.tx() as tx:
@@ -154,7 +174,7 @@ class RecoveryService:
             "password_reset",
             user.email,
             {
-                "link": f"{self.public_url}/reset-password#token={token}",
+                "link": self.link(token),
                 "ttl_minutes": int(self.ttl.total_seconds() // 60),
             },
         )
@@ -212,6 +232,7 @@ class RecoveryService:
             if consumed and may_receive_reset(await tx.users.get(user.id)):
                 await tx.users.set_password(user.id, password_hash, now)
                 await tx.reset_tokens.revoke_all(user.id, now)
+                await tx.verify_tokens.revoke_all(user.id, now)
                 revoked = await tx.sessions.revoke_all(user.id, now)
                 result = await self.sessions.open(tx, user, now)
                 await tx.outbox.enqueue(PASSWORD_CHANGED, now, user_id=user.id)

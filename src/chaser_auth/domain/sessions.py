@@ -11,7 +11,7 @@ from datetime import datetime, timedelta
 
 from chaser_auth.domain import tokens
 from chaser_auth.domain.clock import Clock
-from chaser_auth.errors import NotAuthenticated
+from chaser_auth.errors import NotAuthenticated, NotFound
 from chaser_auth.store.repositories import Store, Tx
 from chaser_auth.store.tables import Session, User
 
@@ -83,3 +83,24 @@ class SessionService:
     async def revoke(self, session_id: uuid.UUID) -> None:
         async with self.store.tx() as tx:
             await tx.sessions.revoke(session_id, self.clock())
+
+    async def live(self, user_id: uuid.UUID) -> list[Session]:
+        """The account's sessions that would still be accepted, most recently used first."""
+        now = self.clock()
+        async with self.store.tx() as tx:
+            rows = await tx.sessions.open_for(user_id, now)
+        return [row for row in rows if self._alive(row, now)]
+
+    async def end(self, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
+        """End one of the account's own sessions; another account's, or an ended one, is
+        NotFound — the same answer as an id that never existed."""
+        now = self.clock()
+        async with self.store.tx() as tx:
+            row = await tx.sessions.get(session_id)
+            live = row is not None and row.user_id == user_id and self._alive(row, now)
+            if live and await tx.sessions.revoke(session_id, now):
+                await tx.audit.record("session_ended", now, user_id=user_id)
+            else:
+                live = False
+        if not live:
+            raise NotFound("No such session.")

@@ -30,6 +30,7 @@ from chaser_auth.domain.recovery import (
     RecoveryService,
     Skip,
 )
+from chaser_auth.domain.registration import REGISTER, RegistrationService
 from chaser_auth.mail.messages import Renderer
 from chaser_auth.mail.transport import DeliveryError, MailTransport
 from chaser_auth.ratelimit import Limiter
@@ -59,6 +60,7 @@ class Worker:
         store: Store,
         clock: Clock,
         recovery: RecoveryService,
+        registration: RegistrationService,
         renderer: Renderer,
         transport: MailTransport,
         address_limit: PerAddressLimit,
@@ -88,6 +90,7 @@ class Worker:
         self._handlers: dict[str, Callable[[OutboxMessage], Awaitable[Letter | Skip]]] = {
             RESET_REQUEST: lambda job: self.recovery.prepare_reset(job, self.address_limit),
             PASSWORD_CHANGED: self.recovery.prepare_changed_notice,
+            REGISTER: lambda job: registration.prepare(job, self.address_limit),
         }
 
     async def run(self, stop: asyncio.Event) -> None:

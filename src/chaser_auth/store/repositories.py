@@ -10,14 +10,23 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 from sqlalchemy import CursorResult, delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from chaser_auth.store.tables import AuditEvent, OutboxMessage, ResetToken, Session, User
+from chaser_auth.store.tables import (
+    AuditEvent,
+    LinkToken,
+    OutboxMessage,
+    ResetToken,
+    Session,
+    User,
+    VerifyToken,
+)
 
 QUEUED, DONE, DEAD = "queued", "done", "dead"
+T = TypeVar("T", bound=LinkToken)
 
 
 def _rowcount(result: Any) -> int:
@@ -45,6 +54,18 @@ class Users:
             .values(password_hash=password_hash, password_changed_at=now, email_verified=True)
         )
 
+    async def mark_verified(self, user_id: uuid.UUID) -> None:
+        await self.db.execute(update(User).where(User.id == user_id).values(email_verified=True))
+
+    async def set_active(self, user_id: uuid.UUID, active: bool) -> None:
+        await self.db.execute(update(User).where(User.id == user_id).values(is_active=active))
+
+    async def delete(self, user_id: uuid.UUID) -> None:
+        await self.db.execute(delete(User).where(User.id == user_id))
+
+    async def listing(self) -> Sequence[User]:
+        return (await self.db.scalars(select(User).order_by(User.created_at, User.email))).all()
+
     async def replace_hash(self, user_id: uuid.UUID, password_hash: str) -> None:
         await self.db.execute(
             update(User).where(User.id == user_id).values(password_hash=password_hash)
@@ -67,12 +88,31 @@ class Sessions:
             update(Session).where(Session.id == session_id).values(last_seen_at=now)
         )
 
-    async def revoke(self, session_id: uuid.UUID, now: datetime) -> None:
-        await self.db.execute(
+    async def get(self, session_id: uuid.UUID) -> Session | None:
+        return await self.db.get(Session, session_id)
+
+    async def revoke(self, session_id: uuid.UUID, now: datetime) -> bool:
+        """Revoke one session; True if this call revoked it."""
+        result = await self.db.execute(
             update(Session)
             .where(Session.id == session_id, Session.revoked_at.is_(None))
             .values(revoked_at=now)
         )
+        return _rowcount(result) == 1
+
+    async def open_for(self, user_id: uuid.UUID, now: datetime) -> Sequence[Session]:
+        """Sessions not revoked and within their absolute lifetime (idle ones are filtered by
+        the domain, which knows the idle timeout)."""
+        query = (
+            select(Session)
+            .where(
+                Session.user_id == user_id,
+                Session.revoked_at.is_(None),
+                Session.expires_at >= now,
+            )
+            .order_by(Session.last_seen_at.desc())
+        )
+        return (await self.db.scalars(query)).all()
 
     async def revoke_all(self, user_id: uuid.UUID, now: datetime) -> int:
         result = await self.db.execute(
@@ -84,43 +124,44 @@ class Sessions:
 
 
 @dataclass
-class ResetTokens:
-    db: AsyncSession
+class LinkTokens(Generic[T]):
+    """Reset or verification tokens: the same rules, one table each."""
 
-    async def add(self, token: ResetToken) -> None:
+    db: AsyncSession
+    model: type[T]
+
+    async def add(self, token: T) -> None:
         self.db.add(token)
         await self.db.flush()
 
-    async def by_digest(self, token_digest: str) -> ResetToken | None:
+    async def by_digest(self, token_digest: str) -> T | None:
         return await self.db.scalar(
-            select(ResetToken).where(ResetToken.token_digest == token_digest)
+            select(self.model).where(self.model.token_digest == token_digest)
         )
 
-    async def by_outbox(self, outbox_id: uuid.UUID) -> ResetToken | None:
-        return await self.db.scalar(select(ResetToken).where(ResetToken.outbox_id == outbox_id))
+    async def by_outbox(self, outbox_id: uuid.UUID) -> T | None:
+        return await self.db.scalar(select(self.model).where(self.model.outbox_id == outbox_id))
 
     async def consume(self, token_id: uuid.UUID, now: datetime) -> bool:
         """Mark the token used if, at this instant, it still may be; True for the one winner."""
+        model = self.model
         result = await self.db.execute(
-            update(ResetToken)
+            update(model)
             .where(
-                ResetToken.id == token_id,
-                ResetToken.used_at.is_(None),
-                ResetToken.revoked_at.is_(None),
-                ResetToken.expires_at >= now,
+                model.id == token_id,
+                model.used_at.is_(None),
+                model.revoked_at.is_(None),
+                model.expires_at >= now,
             )
             .values(used_at=now)
         )
         return _rowcount(result) == 1
 
     async def revoke_all(self, user_id: uuid.UUID, now: datetime) -> int:
+        model = self.model
         result = await self.db.execute(
-            update(ResetToken)
-            .where(
-                ResetToken.user_id == user_id,
-                ResetToken.used_at.is_(None),
-                ResetToken.revoked_at.is_(None),
-            )
+            update(model)
+            .where(model.user_id == user_id, model.used_at.is_(None), model.revoked_at.is_(None))
             .values(revoked_at=now)
         )
         return _rowcount(result)
@@ -294,7 +335,8 @@ class Tx:
         self.db = db
         self.users = Users(db)
         self.sessions = Sessions(db)
-        self.reset_tokens = ResetTokens(db)
+        self.reset_tokens = LinkTokens(db, ResetToken)
+        self.verify_tokens = LinkTokens(db, VerifyToken)
         self.outbox = Outbox(db)
         self.audit = Audit(db)
 

@@ -64,8 +64,10 @@ class Session(Base):
     revoked_at: Mapped[datetime | None]
 
 
-class ResetToken(Base):
-    __tablename__ = "reset_tokens"
+class LinkToken:
+    """The columns of a token sent in a link (reset, email verification): only its digest is
+    stored, and it dies when used, revoked or expired. `outbox_id` is the row whose mail
+    carries it (the token is derived from that id, so a retried send carries the same link)."""
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     user_id: Mapped[uuid.UUID] = mapped_column(
@@ -77,6 +79,14 @@ class ResetToken(Base):
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+
+
+class ResetToken(LinkToken, Base):
+    __tablename__ = "reset_tokens"
+
+
+class VerifyToken(LinkToken, Base):
+    __tablename__ = "verify_tokens"
 
 
 class OutboxMessage(Base):

@@ -1,0 +1,66 @@
+"""Sign-up and email verification over HTTP: parse, call the domain, answer."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Request, Response
+
+from chaser_auth.api.deps import RuntimeDep, client_key
+from chaser_auth.api.errors import error_responses
+from chaser_auth.api.schemas import (
+    AuthResponse,
+    MessageResponse,
+    RegisterRequest,
+    VerifyEmailRequest,
+)
+
+router = APIRouter(prefix="/auth", tags=["subpackage_auth"])
+
+# One constant answer whether or not the address already has an account (SPEC §2.4).
+REGISTERED_BODY = (
+    MessageResponse(
+        message="Thank you. We have sent an email to this address: follow it to finish "
+        "setting up your account."
+    )
+    .model_dump_json()
+    .encode()
+)
+
+
+@router.post(
+    "/register",
+    operation_id="register",
+    summary="Create an account (always answers 202; the email says what happened)",
+    status_code=202,
+    response_model=MessageResponse,
+    responses={
+        202: {"description": "Accepted; a verification or an 'account exists' email follows"},
+        **error_responses(413, 422, 429),
+    },
+)
+async def register(body: RegisterRequest, request: Request, runtime: RuntimeDep) -> Response:
+    await runtime.limiter.enforce(
+        runtime.settings.limit("rate_limit_register_per_ip"),
+        "register-ip",
+        client_key(request),
+        time.time(),
+    )
+    await runtime.registration.register(body.email, body.password)
+    runtime.wake.set()
+    return Response(REGISTERED_BODY, status_code=202, media_type="application/json")
+
+
+@router.post(
+    "/verify-email",
+    operation_id="verify-email",
+    summary="Verify Email",
+    response_model=AuthResponse,
+    responses={
+        200: {"description": "Email verified and session created"},
+        **error_responses(400, 413, 422),
+    },
+)
+async def verify_email(body: VerifyEmailRequest, runtime: RuntimeDep) -> AuthResponse:
+    result = await runtime.registration.verify(body.token)
+    return AuthResponse(email=result.email, token=result.token, user_id=str(result.user_id))

@@ -1,0 +1,171 @@
+"""Sign-up and email verification.
+
+Request path (`register`): the same rule as a reset request — nothing before the answer depends
+on whether the address has an account. The body is checked (an address, a password the policy
+accepts: both depend only on what was sent), the password is hashed (always, so the cost is the
+same), and one outbox row is written. The worker (`prepare`) decides: a new address gets an
+account, unverified, and a verification link; an address that already has an account gets a
+"you already have an account — reset your password" email instead, and the new password is
+thrown away. Either way the mail goes to the address, so only its owner learns which happened.
+
+Verification tokens follow the reset tokens' rules (`tokens`): derived from the outbox row,
+only a digest stored, single use, `VERIFY_TOKEN_TTL`; a newer one revokes the older.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+
+from chaser_auth.domain import tokens
+from chaser_auth.domain.addresses import address_key, stored_form
+from chaser_auth.domain.clock import Clock
+from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
+from chaser_auth.domain.recovery import AddressLimit, Letter, Skip
+from chaser_auth.domain.sessions import AuthResult, SessionService
+from chaser_auth.errors import InvalidAddress, InvalidToken
+from chaser_auth.store.intake import OutboxIntake
+from chaser_auth.store.repositories import Store, Tx
+from chaser_auth.store.tables import OutboxMessage, User, VerifyToken
+
+REGISTER = "register"
+VERIFY_PURPOSE = "verify"
+
+
+class RegistrationService:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        intake: OutboxIntake,
+        clock: Clock,
+        secret: bytes,
+        verify_ttl: int,
+        public_url: str,
+        policy: PasswordPolicy,
+        hasher: PasswordHasher,
+        sessions: SessionService,
+    ) -> None:
+        self.store = store
+        self.intake = intake
+        self.clock = clock
+        self.secret = secret
+        self.ttl = timedelta(seconds=verify_ttl)
+        self.public_url = public_url
+        self.policy = policy
+        self.hasher = hasher
+        self.sessions = sessions
+
+    # -- request path -------------------------------------------------------------------------
+
+    async def register(self, raw_email: str, password: str) -> None:
+        if address_key(raw_email) is None:
+            raise InvalidAddress()
+        self.policy.check(password, stored_form(raw_email))
+        password_hash = await self.hasher.hash(password)
+        await self.intake.enqueue(
+            REGISTER, self.clock(), {"email": raw_email, "password_hash": password_hash}
+        )
+
+    # -- worker -------------------------------------------------------------------------------
+
+    async def prepare(self, job: OutboxMessage, limit: AddressLimit) -> Letter | Skip:
+        now = self.clock()
+        if job.user_id is not None:  # resolved on an earlier attempt: send the same mail again
+            return await self._resend(job, now)
+        payload = job.payload or {}
+        raw, password_hash = str(payload.get("email", "")), payload.get("password_hash")
+        key = address_key(raw)
+        if key is None or not isinstance(password_hash, str):
+            return Skip("invalid")
+        # The same per-address budget as reset mail: sign-ups cannot flood an inbox either.
+        if not await limit.allow(tokens.keyed_hash(self.secret, key)):
+            return Skip("suppressed")
+        async with self.store.tx() as tx:
+            user = await tx.users.by_key(key)
+            if user is None:
+                user = User(
+                    id=uuid.uuid4(),
+                    email=stored_form(raw),
+                    email_key=key,
+                    password_hash=password_hash,
+                    is_active=True,
+                    email_verified=False,
+                    created_at=now,
+                    password_changed_at=now,
+                )
+                await tx.users.add(user)
+                await tx.audit.record("account_registered", now, user_id=user.id)
+                token = await self._mint(tx, user, job.id, now)
+                return self._verify_letter(user, token)
+            await tx.outbox.resolve(job.id, user.id)  # forgets the address and the new hash
+            await tx.audit.record("register_existing", now, user_id=user.id)
+        return self._exists_letter(user) if user.is_active else Skip("account_disabled")
+
+    async def _mint(self, tx: Tx, user: User, job_id: uuid.UUID, now: datetime) -> str:
+        await tx.verify_tokens.revoke_all(user.id, now)
+        token = tokens.derive(self.secret, VERIFY_PURPOSE, job_id)
+        await tx.verify_tokens.add(
+            VerifyToken(
+                id=uuid.uuid4(),
+                user_id=user.id,
+                token_digest=tokens.digest(self.secret, token),
+                outbox_id=job_id,
+                created_at=now,
+                expires_at=now + self.ttl,
+            )
+        )
+        await tx.outbox.resolve(job_id, user.id)
+        return token
+
+    async def _resend(self, job: OutboxMessage, now: datetime) -> Letter | Skip:
+        async with self.store.tx() as tx:
+            row = await tx.verify_tokens.by_outbox(job.id)
+            user = await tx.users.get(job.user_id) if job.user_id else None
+        if user is None or not user.is_active:
+            return Skip("stale")
+        if row is None:  # this row was the "you already have an account" notice
+            return self._exists_letter(user)
+        if not self._usable(row, now):
+            return Skip("stale")
+        return self._verify_letter(user, tokens.derive(self.secret, VERIFY_PURPOSE, job.id))
+
+    def _verify_letter(self, user: User, token: str) -> Letter:
+        return Letter(
+            "verify_email",
+            user.email,
+            {
+                "link": f"{self.public_url}/verify-email#token={token}",
+                "ttl_hours": max(1, int(self.ttl.total_seconds() // 3600)),
+            },
+        )
+
+    def _exists_letter(self, user: User) -> Letter:
+        return Letter(
+            "account_exists", user.email, {"forgot_link": f"{self.public_url}/forgot-password"}
+        )
+
+    # -- verify path --------------------------------------------------------------------------
+
+    @staticmethod
+    def _usable(row: VerifyToken, now: datetime) -> bool:
+        return row.used_at is None and row.revoked_at is None and now <= row.expires_at
+
+    async def verify(self, token: str) -> AuthResult:
+        """Use the token: the address is verified and a session starts. InvalidToken otherwise."""
+        if not tokens.is_well_formed(token):
+            raise InvalidToken()
+        now = self.clock()
+        async with self.store.tx() as tx:
+            row = await tx.verify_tokens.by_digest(tokens.digest(self.secret, token))
+            user = await tx.users.get(row.user_id) if row is not None else None
+            # The single UPDATE decides between concurrent uses, as for reset tokens.
+            if row is None or user is None or not user.is_active:
+                raise InvalidToken()
+            if not await tx.verify_tokens.consume(row.id, now):
+                raise InvalidToken()
+            await tx.users.mark_verified(user.id)
+            await tx.verify_tokens.revoke_all(user.id, now)
+            result = await self.sessions.open(tx, user, now)
+            await tx.audit.record("email_verified", now, user_id=user.id)
+        return result
