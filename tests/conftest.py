@@ -4,6 +4,12 @@ injectable clock, and the app served over a real socket by uvicorn in the test's
 Tests that need something a fresh machine may lack (node, PostgreSQL, Chromium…) call
 `require(...)`: it skips with the reason, or fails when CHASER_AUTH_TEST_STRICT=1 (set by
 `.ci/run`), so CI never silently skips.
+
+Backends: a test module sets `BACKENDS` to the (database, limits) pairs its tests run on —
+("sqlite", "memory") when it does not say — and its `app` and `database_url` fixtures follow.
+On PostgreSQL every test gets a database of its own, copied from a migrated template that this
+run created (so runs never collide, and each test starts empty); on Redis every test gets a key
+prefix of its own. Both are dropped at the end.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import email
 import email.policy
 import os
 import re
+import secrets
 import socket
 import threading
 import time
@@ -23,19 +30,29 @@ from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 import uvicorn
 from aiosmtpd.controller import Controller
+from sqlalchemy import select
 
 from chaser_auth.app import create_app
 from chaser_auth.config import Settings
 from chaser_auth.runtime import Runtime
 from chaser_auth.store import migrate
-from chaser_auth.store.tables import OutboxMessage
+from chaser_auth.store.tables import Base, OutboxMessage
 
 STRICT = os.environ.get("CHASER_AUTH_TEST_STRICT") == "1"
+POSTGRES = os.environ.get(
+    "CHASER_AUTH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+REDIS = os.environ.get("CHASER_AUTH_TEST_REDIS", "redis://127.0.0.1:6379/0")
+# Every pair a module may ask for; the ids name the backends in test ids.
+EMBEDDED = ("sqlite", "memory")
+SCALED = ("postgresql", "redis")
+EVERY_BACKEND = (EMBEDDED, SCALED)
 LINK = re.compile(r"(http://[^\s\"<>]+)/reset-password#token=([A-Za-z0-9_-]{43,})")
 PASSWORD = "correct horse battery staple 7"
 NEW_PASSWORD = "a much better passphrase, 2026"
@@ -47,6 +64,16 @@ def require(condition: object, reason: str) -> None:
     if STRICT:
         pytest.fail(f"required by CHASER_AUTH_TEST_STRICT=1: {reason}")
     pytest.skip(reason)
+
+
+def answers(url: str, default_port: int) -> bool:
+    """Something accepts TCP connections where `url` points."""
+    parts = urlsplit(url)
+    try:
+        with socket.create_connection((parts.hostname, parts.port or default_port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def free_port() -> int:
@@ -151,6 +178,102 @@ class FakeClock:
         self.now += timedelta(seconds=seconds)
 
 
+# -- backends -----------------------------------------------------------------------------------
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "backend" in metafunc.fixturenames:
+        pairs = getattr(metafunc.module, "BACKENDS", (EMBEDDED,))
+        metafunc.parametrize("backend", pairs, ids=["-".join(pair) for pair in pairs])
+
+
+class Postgres:
+    """This run's databases on the PostgreSQL server at CHASER_AUTH_TEST_POSTGRES."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.prefix = f"chaser_test_{os.getpid()}_{secrets.token_hex(3)}"
+        self.template = f"{self.prefix}_template"
+        self.created: list[str] = []
+        self._count = 0
+
+    def url(self, name: str) -> str:
+        parts = urlsplit(self.admin_url)
+        return parts._replace(scheme="postgresql+asyncpg", path=f"/{name}").geturl()
+
+    async def _admin(self, *statements: str) -> None:
+        import asyncpg
+
+        connection = await asyncpg.connect(self.admin_url)
+        try:
+            for statement in statements:
+                await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    def create(self, *, migrated: bool = True) -> str:
+        """A new database: empty, or a copy of the migrated template."""
+        self._count += 1
+        name = f"{self.prefix}_{self._count}"
+        template = f" TEMPLATE {self.template}" if migrated else ""
+        asyncio.run(self._admin(f'CREATE DATABASE "{name}"{template}'))
+        self.created.append(name)
+        return self.url(name)
+
+    def start(self) -> None:
+        asyncio.run(self._admin(f'CREATE DATABASE "{self.template}"'))
+        self.created.append(self.template)
+        migrate.upgrade(self.url(self.template))
+
+    def drop_all(self) -> None:
+        drops = [f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)' for name in self.created]
+        asyncio.run(self._admin(*drops))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    require(answers(POSTGRES, 5432), f"no PostgreSQL server at {POSTGRES}")
+    server = Postgres(POSTGRES)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.drop_all()
+
+
+@pytest.fixture
+def database_url(request: pytest.FixtureRequest, tmp_path: Path, backend: tuple[str, str]) -> str:
+    """A fresh, migrated database on the backend under test."""
+    if backend[0] == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/auth.db"
+    server: Postgres = request.getfixturevalue("postgres")
+    return server.create()
+
+
+@pytest.fixture
+def limit_settings(backend: tuple[str, str]) -> Iterator[dict[str, Any]]:
+    """Settings for the limits backend under test: none (process memory), or Redis under a
+    key prefix of this test's own, whose keys are deleted afterwards."""
+    if backend[1] == "memory":
+        yield {}
+        return
+    require(answers(REDIS, 6379), f"no Redis server at {REDIS}")
+    prefix = f"chaser-test-{secrets.token_hex(6)}"
+    yield {"redis_url": REDIS, "redis_key_prefix": prefix}
+    asyncio.run(_delete_keys(prefix))
+
+
+async def _delete_keys(prefix: str) -> None:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(REDIS)
+    try:
+        async for key in client.scan_iter(match=f"{prefix}*"):
+            await client.delete(key)
+    finally:
+        await client.aclose()
+
+
 def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": f"sqlite+aiosqlite:///{tmp_path}/auth.db",
@@ -216,6 +339,17 @@ class Served:
             self.runtime.wake.set()
             await asyncio.sleep(0.02)
 
+    async def dump(self) -> str:
+        """Every value of every table, as text, on any backend (on SQLite, reading the file's
+        bytes is stronger: it also sees freed pages and the WAL)."""
+        async with self.runtime.store.engine.connect() as connection:
+            rows = [
+                repr(tuple(row))
+                for table in Base.metadata.sorted_tables
+                for row in (await connection.execute(select(table))).all()
+            ]
+        return "\n".join(rows)
+
     async def reset_link(self, email: str, *, expect: int = 1) -> tuple[str, str]:
         """Ask for a reset for `email` and return (link, token) of the newest message."""
         assert self.smtp is not None
@@ -273,6 +407,15 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def app(tmp_path: Path, smtp: Smtp, clock: FakeClock) -> AsyncIterator[Served]:
-    async with serve(make_settings(tmp_path, smtp_url=smtp.url), clock, smtp) as served:
+def backend_settings(database_url: str, limit_settings: dict[str, Any]) -> dict[str, Any]:
+    """Pass to `make_settings(tmp_path, **backend_settings, ...)` for the backend under test."""
+    return {"database_url": database_url, **limit_settings}
+
+
+@pytest.fixture
+async def app(
+    tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
+) -> AsyncIterator[Served]:
+    settings = make_settings(tmp_path, smtp_url=smtp.url, **backend_settings)
+    async with serve(settings, clock, smtp) as served:
         yield served

@@ -193,6 +193,16 @@ def serve(settings: Settings, host: str, port: int, workers: int, embedded_worke
         "" if workers == 1 else "es",
         "in-process" if embedded_worker else "off",
     )
+    if settings.redis_url:
+        log.info("rate limits are shared through Redis (CHASER_AUTH_REDIS_URL)")
+    elif workers > 1:
+        log.warning(
+            "no CHASER_AUTH_REDIS_URL: each of the %d processes counts rate limits in its own "
+            "memory, so every limit holds per process — up to %d times it in sum; set "
+            "CHASER_AUTH_REDIS_URL to share them",
+            workers,
+            workers,
+        )
     if workers == 1:
         uvicorn.run(
             create_app(settings.model_copy(update={"embedded_worker": embedded_worker})), **common

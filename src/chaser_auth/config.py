@@ -37,6 +37,7 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+aiosqlite:///./var/chaser-auth.db"
     redis_url: str | None = None
+    redis_key_prefix: str = "chaser-auth"
     smtp_url: str | None = None
     smtp_timeout: Annotated[float, Field(gt=0)] = 10.0
     mail_from: str = "Chaser <no-reply@localhost>"

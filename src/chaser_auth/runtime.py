@@ -18,6 +18,7 @@ from chaser_auth.mail.worker import PerAddressLimit, Worker
 from chaser_auth.ratelimit import Limiter
 from chaser_auth.store.engine import create_engine
 from chaser_auth.store.intake import OutboxIntake
+from chaser_auth.store.notify import OutboxListener, is_postgres
 from chaser_auth.store.repositories import Store
 
 
@@ -59,7 +60,7 @@ class Runtime:
             clock=clock,
             secret=secret,
             store=store,
-            limiter=Limiter(settings.redis_url),
+            limiter=Limiter(settings.redis_url, settings.redis_key_prefix),
             policy=policy,
             hasher=hasher,
             sessions=sessions,
@@ -94,6 +95,9 @@ class Runtime:
 
     def worker(self, transport: MailTransport | None = None) -> Worker:
         s = self.settings
+        listener = (
+            OutboxListener(s.database_url, self.wake) if is_postgres(s.database_url) else None
+        )
         return Worker(
             store=self.store,
             clock=self.clock,
@@ -110,6 +114,7 @@ class Runtime:
             lease=s.worker_lease,
             poll_interval=s.worker_poll_interval,
             wake=self.wake,
+            listener=listener,
         )
 
     async def close(self) -> None:

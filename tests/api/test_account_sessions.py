@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import (
+    EVERY_BACKEND,
     LINK,
     NEW_PASSWORD,
     PASSWORD,
@@ -20,6 +21,8 @@ from tests.conftest import (
     make_settings,
     serve,
 )
+
+BACKENDS = EVERY_BACKEND  # SQLite with process memory; PostgreSQL with Redis
 
 SESSIONS = "/auth/sessions"
 CHANGE = "/auth/password/change"
@@ -325,9 +328,11 @@ async def test_weak_new_password_is_422_with_reasons_and_changes_nothing(app: Se
 
 
 async def test_wrong_current_passwords_are_throttled_per_account(
-    tmp_path: Path, smtp: Smtp, clock: FakeClock
+    tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:
-    settings = make_settings(tmp_path, smtp_url=smtp.url, rate_limit_login="3/minute")
+    settings = make_settings(
+        tmp_path, **backend_settings, smtp_url=smtp.url, rate_limit_login="3/minute"
+    )
     async with serve(settings, clock, smtp) as app:
         await app.create_user("guess@example.com")
         token = await token_for(app, "guess@example.com")
@@ -433,10 +438,14 @@ async def test_an_idle_session_leaves_the_list_and_answers_401(app: Served) -> N
 
 
 async def test_a_busy_session_leaves_the_list_at_its_absolute_lifetime(
-    tmp_path: Path, smtp: Smtp, clock: FakeClock
+    tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:
     settings = make_settings(
-        tmp_path, smtp_url=smtp.url, session_idle_ttl=3600, session_max_ttl=4 * 3600
+        tmp_path,
+        **backend_settings,
+        smtp_url=smtp.url,
+        session_idle_ttl=3600,
+        session_max_ttl=4 * 3600,
     )
     async with serve(settings, clock, smtp) as app:
         await app.create_user("old@example.com")

@@ -8,7 +8,9 @@ from datetime import datetime
 
 import pytest
 
-from tests.conftest import NEW_PASSWORD, PASSWORD, Served
+from tests.conftest import EVERY_BACKEND, NEW_PASSWORD, PASSWORD, Served
+
+BACKENDS = EVERY_BACKEND  # SQLite with process memory; PostgreSQL with Redis
 
 CONFIRM = "/auth/password-reset/confirm"
 VERIFY = "/auth/password-reset/verify"

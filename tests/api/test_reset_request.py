@@ -6,12 +6,15 @@ import json
 import re
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from chaser_auth.config import Settings
-from tests.conftest import FakeClock, Served, Smtp, make_settings, serve
+from tests.conftest import EVERY_BACKEND, FakeClock, Served, Smtp, make_settings, serve
+
+BACKENDS = EVERY_BACKEND  # SQLite with process memory; PostgreSQL with Redis
 
 REQUESTED = {
     "message": "If an account exists for this email address, a link to reset its password "
@@ -83,9 +86,11 @@ async def test_mail_goes_to_the_stored_address_with_a_working_link(app: Served) 
 
 
 async def test_link_uses_configured_public_url_never_the_host_header(
-    tmp_path: Path, smtp: Smtp, clock: FakeClock
+    tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:
-    settings = make_settings(tmp_path, smtp_url=smtp.url, public_url="https://id.example.net/")
+    settings = make_settings(
+        tmp_path, **backend_settings, smtp_url=smtp.url, public_url="https://id.example.net/"
+    )
     async with serve(settings, clock, smtp) as app:
         await app.create_user("host@example.com")
         await app.request_reset(
@@ -117,9 +122,9 @@ async def test_unknown_address_gets_no_mail_by_default(app: Served) -> None:
 
 
 async def test_unknown_address_is_told_when_notify_unknown_is_on(
-    tmp_path: Path, smtp: Smtp, clock: FakeClock
+    tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:
-    settings = make_settings(tmp_path, smtp_url=smtp.url, notify_unknown=True)
+    settings = make_settings(tmp_path, **backend_settings, smtp_url=smtp.url, notify_unknown=True)
     async with serve(settings, clock, smtp) as app:
         await app.request_reset("Ghost@Example.com")
         [received] = await smtp.sink.wait_for(1)
@@ -197,9 +202,11 @@ async def test_exactly_4_kib_is_accepted(app: Served) -> None:
 
 
 async def test_per_ip_limit_answers_429_with_rate_limit_headers(
-    tmp_path: Path, smtp: Smtp, clock: FakeClock
+    tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:
-    settings = make_settings(tmp_path, smtp_url=smtp.url, rate_limit_reset_per_ip="3/minute")
+    settings = make_settings(
+        tmp_path, **backend_settings, smtp_url=smtp.url, rate_limit_reset_per_ip="3/minute"
+    )
     async with serve(settings, clock, smtp) as app:
         ok = [await app.request_reset(f"user{i}@example.com") for i in range(3)]
         assert [r.status_code for r in ok] == [200, 200, 200]
@@ -216,9 +223,15 @@ async def test_per_ip_limit_answers_429_with_rate_limit_headers(
             assert len(await tx.outbox.listing()) == 3  # the refused request was not recorded
 
 
-def two_per_minute(tmp_path: Path, smtp: Smtp, *, trusted: str | None) -> Settings:
+def two_per_minute(
+    tmp_path: Path, smtp: Smtp, backend: dict[str, Any], *, trusted: str | None
+) -> Settings:
     return make_settings(
-        tmp_path, smtp_url=smtp.url, rate_limit_reset_per_ip="2/minute", trusted_proxies=trusted
+        tmp_path,
+        **backend,
+        smtp_url=smtp.url,
+        rate_limit_reset_per_ip="2/minute",
+        trusted_proxies=trusted,
     )
 
 
@@ -231,9 +244,11 @@ async def statuses(app: Served, forwarded_for: list[str]) -> list[int]:
 
 
 async def test_forwarded_for_counts_only_behind_a_trusted_proxy(
-    tmp_path: Path, smtp: Smtp, clock: FakeClock
+    tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:
-    async with serve(two_per_minute(tmp_path, smtp, trusted="127.0.0.1"), clock, smtp) as app:
+    async with serve(
+        two_per_minute(tmp_path, smtp, backend_settings, trusted="127.0.0.1"), clock, smtp
+    ) as app:
         for client in ("203.0.113.1", "203.0.113.2"):
             # the right-most untrusted hop is the client; what it put on the left is ignored
             hops = [f"198.51.100.{i}, {client}" for i in range(3)]
@@ -241,16 +256,20 @@ async def test_forwarded_for_counts_only_behind_a_trusted_proxy(
 
 
 async def test_untrusted_forwarded_for_cannot_dodge_the_limit(
-    tmp_path: Path, smtp: Smtp, clock: FakeClock
+    tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:
-    async with serve(two_per_minute(tmp_path, smtp, trusted=None), clock, smtp) as app:
+    async with serve(
+        two_per_minute(tmp_path, smtp, backend_settings, trusted=None), clock, smtp
+    ) as app:
         assert await statuses(app, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]) == [200, 200, 429]
 
 
 async def test_ipv6_clients_are_limited_per_64_prefix(
-    tmp_path: Path, smtp: Smtp, clock: FakeClock
+    tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:
-    async with serve(two_per_minute(tmp_path, smtp, trusted="127.0.0.1"), clock, smtp) as app:
+    async with serve(
+        two_per_minute(tmp_path, smtp, backend_settings, trusted="127.0.0.1"), clock, smtp
+    ) as app:
         # three addresses of one /64 share one allowance ...
         assert await statuses(app, ["2001:db8::1", "2001:db8::2", "2001:db8::ffff"]) == [
             200,

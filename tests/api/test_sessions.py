@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
-from tests.conftest import PASSWORD, FakeClock, Served, Smtp, make_settings, serve
+from tests.conftest import EVERY_BACKEND, PASSWORD, FakeClock, Served, Smtp, make_settings, serve
+
+BACKENDS = EVERY_BACKEND  # SQLite with process memory; PostgreSQL with Redis
 
 
 async def login(app: Served, email: str, password: str = PASSWORD) -> tuple[int, dict]:
@@ -107,10 +110,14 @@ async def test_session_dies_after_the_idle_timeout(app: Served) -> None:
 
 
 async def test_session_dies_at_its_absolute_lifetime_even_when_busy(
-    tmp_path: Path, smtp: Smtp, clock: FakeClock
+    tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:
     settings = make_settings(
-        tmp_path, smtp_url=smtp.url, session_idle_ttl=3600, session_max_ttl=4 * 3600
+        tmp_path,
+        **backend_settings,
+        smtp_url=smtp.url,
+        session_idle_ttl=3600,
+        session_max_ttl=4 * 3600,
     )
     async with serve(settings, clock, smtp) as app:
         await app.create_user("busy@example.com")
@@ -123,9 +130,11 @@ async def test_session_dies_at_its_absolute_lifetime_even_when_busy(
 
 
 async def test_failed_logins_are_throttled_per_account_and_address(
-    tmp_path: Path, smtp: Smtp, clock: FakeClock
+    tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:
-    settings = make_settings(tmp_path, smtp_url=smtp.url, rate_limit_login="3/minute")
+    settings = make_settings(
+        tmp_path, **backend_settings, smtp_url=smtp.url, rate_limit_login="3/minute"
+    )
     async with serve(settings, clock, smtp) as app:
         await app.create_user("frank@example.com")
         codes = [(await login(app, "frank@example.com", "not the password!!"))[0] for _ in range(4)]
@@ -142,9 +151,11 @@ async def test_failed_logins_are_throttled_per_account_and_address(
 
 
 async def test_login_upgrades_the_hash_when_the_cost_settings_change(
-    tmp_path: Path, smtp: Smtp, clock: FakeClock
+    tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:
-    async with serve(make_settings(tmp_path, smtp_url=smtp.url), clock, smtp) as app:
+    async with serve(
+        make_settings(tmp_path, **backend_settings, smtp_url=smtp.url), clock, smtp
+    ) as app:
         user_id = await app.create_user("cost@example.com")
         async with app.runtime.store.tx() as tx:
             user = await tx.users.get(uuid.UUID(user_id))
@@ -153,7 +164,7 @@ async def test_login_upgrades_the_hash_when_the_cost_settings_change(
             changed_before = user.password_changed_at
     assert "t=1" in before
 
-    stronger = make_settings(tmp_path, smtp_url=smtp.url, argon2_time_cost=2)
+    stronger = make_settings(tmp_path, **backend_settings, smtp_url=smtp.url, argon2_time_cost=2)
     async with serve(stronger, clock, smtp) as app:
         assert (await login(app, "cost@example.com"))[0] == 200
         async with app.runtime.store.tx() as tx:

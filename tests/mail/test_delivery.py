@@ -4,10 +4,22 @@ from __future__ import annotations
 
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from aiosmtpd.controller import Controller
 
-from tests.conftest import FakeClock, Served, Smtp, SmtpSink, free_port, make_settings, serve
+from tests.conftest import (
+    EVERY_BACKEND,
+    FakeClock,
+    Served,
+    Smtp,
+    SmtpSink,
+    free_port,
+    make_settings,
+    serve,
+)
+
+BACKENDS = EVERY_BACKEND  # SQLite with process memory; PostgreSQL with Redis
 
 
 def dead(rows: list) -> bool:
@@ -44,9 +56,9 @@ async def test_transient_smtp_failure_is_retried_with_the_same_message_and_link(
 
 
 async def test_mail_becomes_a_dead_letter_after_max_attempts(
-    tmp_path: Path, smtp: Smtp, clock: FakeClock
+    tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:
-    settings = make_settings(tmp_path, smtp_url=smtp.url, mail_max_attempts=3)
+    settings = make_settings(tmp_path, **backend_settings, smtp_url=smtp.url, mail_max_attempts=3)
     async with serve(settings, clock, smtp) as app:
         await app.create_user("deadend@example.com")
         smtp.sink.fail_with = "421 4.7.0 closing"
@@ -73,10 +85,12 @@ async def test_permanent_refusal_is_not_retried(app: Served) -> None:
     assert "refuse@example.com" not in (row.last_error or "")
 
 
-async def test_smtp_server_down_then_back_loses_nothing(tmp_path: Path, clock: FakeClock) -> None:
+async def test_smtp_server_down_then_back_loses_nothing(
+    tmp_path: Path, clock: FakeClock, backend_settings: dict[str, Any]
+) -> None:
     port = free_port()
     sink = SmtpSink()
-    settings = make_settings(tmp_path, smtp_url=f"smtp://127.0.0.1:{port}")
+    settings = make_settings(tmp_path, **backend_settings, smtp_url=f"smtp://127.0.0.1:{port}")
     async with serve(settings, clock, Smtp(sink, port)) as app:
         await app.create_user("outage@example.com")
         answers = [await app.request_reset("outage@example.com") for _ in range(2)]
@@ -113,9 +127,9 @@ async def test_backoff_grows_exponentially_with_jitter_and_a_cap(app: Served) ->
 
 
 async def test_mail_rate_cap_makes_mail_wait_without_using_up_attempts(
-    tmp_path: Path, smtp: Smtp, clock: FakeClock
+    tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:
-    settings = make_settings(tmp_path, smtp_url=smtp.url, mail_rate="2/minute")
+    settings = make_settings(tmp_path, **backend_settings, smtp_url=smtp.url, mail_rate="2/minute")
     async with serve(settings, clock, smtp) as app:
         for i in range(4):
             await app.create_user(f"capped{i}@example.com")
@@ -135,9 +149,9 @@ async def test_mail_rate_cap_makes_mail_wait_without_using_up_attempts(
 
 
 async def test_a_claim_whose_worker_died_is_taken_over_after_the_lease(
-    tmp_path: Path, smtp: Smtp, clock: FakeClock
+    tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:
-    settings = make_settings(tmp_path, smtp_url=smtp.url, embedded_worker=False)
+    settings = make_settings(tmp_path, **backend_settings, smtp_url=smtp.url, embedded_worker=False)
     async with serve(settings, clock, smtp) as app:
         await app.create_user("orphan@example.com")
         await app.request_reset("orphan@example.com")
@@ -160,7 +174,7 @@ async def test_a_claim_whose_worker_died_is_taken_over_after_the_lease(
 
 
 async def test_operator_templates_override_the_shipped_ones(
-    tmp_path: Path, smtp: Smtp, clock: FakeClock
+    tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:
     custom = tmp_path / "templates"
     custom.mkdir()
@@ -168,7 +182,7 @@ async def test_operator_templates_override_the_shipped_ones(
     (custom / "password_reset.txt").write_text(
         "Acme support. Open {{ link }} within {{ ttl_minutes }} minutes.\n"
     )
-    settings = make_settings(tmp_path, smtp_url=smtp.url, templates_dir=custom)
+    settings = make_settings(tmp_path, **backend_settings, smtp_url=smtp.url, templates_dir=custom)
     async with serve(settings, clock, smtp) as app:
         await app.create_user("brand@example.com")
         link, _ = await app.reset_link("brand@example.com")

@@ -1,31 +1,91 @@
-"""Alembic migrations: they build the schema, they are idempotent, they agree with the ORM
-tables, and two processes starting at once on one new SQLite file migrate it exactly once."""
+"""Alembic migrations, on every supported database (SQLite and PostgreSQL): they build the
+schema, they are idempotent, they agree with the ORM tables, and processes starting at once on
+one new database migrate it exactly once — kept apart by a transaction-scoped advisory lock on
+PostgreSQL and by BEGIN IMMEDIATE on SQLite (see migrations/env.py)."""
 
 from __future__ import annotations
 
-import contextlib
-import sqlite3
+import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from chaser_auth.store import migrate
+from chaser_auth.store.engine import sqlite_path
 from chaser_auth.store.tables import Base, UTCDateTime
+from tests.conftest import EVERY_BACKEND
 
+BACKENDS = EVERY_BACKEND
 ROOT = Path(__file__).resolve().parents[2]
+# How many processes race to migrate one new database: PostgreSQL serves many connections at
+# once, so it gets a bigger crowd than an SQLite file.
+RACERS = {"sqlite": 2, "postgresql": 4}
+
+T = TypeVar("T")
 
 
-def url_for(db: Path) -> str:
-    return f"sqlite+aiosqlite:///{db}"
+@pytest.fixture
+def empty_url(request: pytest.FixtureRequest, tmp_path: Path, backend: tuple[str, str]) -> str:
+    """A new, empty database on the backend under test: an SQLite file that does not exist
+    yet, or a PostgreSQL database of this test's own with no tables."""
+    if backend[0] == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path}/auth.db"
+    # Only PostgreSQL runs ask for the server, so a machine without one still runs SQLite.
+    server = request.getfixturevalue("postgres")
+    url: str = server.create(migrated=False)
+    return url
+
+
+# -- backend-neutral inspection (SQLAlchemy's async engine: asyncpg or aiosqlite) ---------------
+
+
+def with_engine(url: str, use: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    async def run() -> T:
+        engine = create_async_engine(url)
+        try:
+            return await use(engine)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(run())
+
+
+def inspected(url: str, look: Callable[[sa.Connection], T]) -> T:
+    """`look(sync_connection)`, run on a connection to the database at `url`."""
+
+    async def use(engine: AsyncEngine) -> T:
+        async with engine.connect() as connection:
+            return await connection.run_sync(look)
+
+    return with_engine(url, use)
+
+
+def execute(url: str, statement: str) -> None:
+    """Run one statement in a transaction of its own, and commit it."""
+
+    async def use(engine: AsyncEngine) -> None:
+        async with engine.begin() as connection:
+            await connection.execute(sa.text(statement))
+
+    with_engine(url, use)
+
+
+def is_new(url: str) -> bool:
+    """Nothing there yet: no SQLite file (looking does not create one), or no tables."""
+    path = sqlite_path(url)
+    if path is not None:
+        return not path.exists()
+    return table_names(url) == set()
 
 
 def head() -> str:
@@ -34,50 +94,79 @@ def head() -> str:
     return heads[0]
 
 
-@contextlib.contextmanager
-def raw(db: Path) -> Iterator[sqlite3.Connection]:
-    connection = sqlite3.connect(db)
-    try:
-        yield connection
-    finally:
-        connection.close()
+def table_names(url: str) -> set[str]:
+    return inspected(url, lambda connection: set(sa.inspect(connection).get_table_names()))
 
 
-def table_names(db: Path) -> set[str]:
-    with raw(db) as connection:
-        rows = connection.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
-        ).fetchall()
-    return {name for (name,) in rows}
+def versions(url: str) -> list[str]:
+    def look(connection: sa.Connection) -> list[str]:
+        rows = connection.execute(sa.text("SELECT version_num FROM alembic_version"))
+        return list(rows.scalars())
+
+    return inspected(url, look)
 
 
-def schema_sql(db: Path) -> list[tuple[str, str, str | None]]:
-    with raw(db) as connection:
-        rows = connection.execute(
-            "SELECT type, name, sql FROM sqlite_master ORDER BY type, name"
-        ).fetchall()
-    return [(kind, name, sql) for kind, name, sql in rows]
+def rows(url: str, query: str) -> list[tuple[Any, ...]]:
+    return inspected(url, lambda connection: [tuple(r) for r in connection.execute(sa.text(query))])
 
 
-def versions(db: Path) -> list[str]:
-    with raw(db) as connection:
-        rows = connection.execute("SELECT version_num FROM alembic_version").fetchall()
-    return [version for (version,) in rows]
+def schema(url: str) -> dict[str, dict[str, list[Any]]]:
+    """What reflection sees of every table — columns (name, type as this dialect spells it,
+    nullability, server default), primary key, indexes, unique constraints, foreign keys — in
+    a form that compares equal exactly when the schema is the same."""
+
+    def look(connection: sa.Connection) -> dict[str, dict[str, list[Any]]]:
+        inspector = sa.inspect(connection)
+        dialect = connection.dialect
+        snapshot: dict[str, dict[str, list[Any]]] = {}
+        for table in sorted(inspector.get_table_names()):
+            snapshot[table] = {
+                "columns": [
+                    (c["name"], c["type"].compile(dialect=dialect), c["nullable"], c["default"])
+                    for c in inspector.get_columns(table)
+                ],
+                "primary_key": list(inspector.get_pk_constraint(table)["constrained_columns"]),
+                "indexes": sorted(
+                    (i["name"], tuple(i["column_names"]), bool(i["unique"]))
+                    for i in inspector.get_indexes(table)
+                ),
+                "unique": sorted(
+                    (
+                        (u["name"], tuple(u["column_names"]))
+                        for u in inspector.get_unique_constraints(table)
+                    ),
+                    key=repr,
+                ),
+                "foreign_keys": sorted(
+                    (
+                        (
+                            f["name"],
+                            tuple(f["constrained_columns"]),
+                            f["referred_table"],
+                            tuple(f["referred_columns"]),
+                            f.get("options", {}).get("ondelete"),
+                        )
+                        for f in inspector.get_foreign_keys(table)
+                    ),
+                    key=repr,
+                ),
+            }
+        return snapshot
+
+    return inspected(url, look)
 
 
-def differences(db: Path, metadata: sa.MetaData) -> list[Any]:
-    engine = sa.create_engine(f"sqlite:///{db}")
-    try:
-        with engine.connect() as connection:
-            # Types are compared too (UTCDateTime is compared through its DateTime impl, which
-            # Alembic already equates with the migration's DateTime(timezone=True)).
-            context = MigrationContext.configure(
-                connection, opts={"compare_type": True, "compare_server_default": True}
-            )
-            diffs: list[Any] = compare_metadata(context, metadata)
-            return diffs
-    finally:
-        engine.dispose()
+def differences(url: str, metadata: sa.MetaData) -> list[Any]:
+    def compare(connection: sa.Connection) -> list[Any]:
+        # Types are compared too (UTCDateTime is compared through its DateTime impl, which
+        # Alembic already equates with the migration's DateTime(timezone=True)).
+        context = MigrationContext.configure(
+            connection, opts={"compare_type": True, "compare_server_default": True}
+        )
+        diffs: list[Any] = compare_metadata(context, metadata)
+        return diffs
+
+    return inspected(url, compare)
 
 
 def flatten(diffs: list[Any]) -> list[Any]:
@@ -85,57 +174,59 @@ def flatten(diffs: list[Any]) -> list[Any]:
     return [d for group in diffs for d in (group if isinstance(group, list) else [group])]
 
 
-def test_upgrade_creates_the_schema_at_head(tmp_path: Path) -> None:
-    db = tmp_path / "auth.db"
-    assert not db.exists()
-
-    migrate.upgrade(url_for(db))
-
-    assert table_names(db) == {"alembic_version", *Base.metadata.tables}
-    assert versions(db) == [head()]
-
-
-def test_second_upgrade_is_a_no_op(tmp_path: Path) -> None:
-    db = tmp_path / "auth.db"
-    migrate.upgrade(url_for(db))
-    with raw(db) as connection:
-        connection.execute(
-            "INSERT INTO audit_events (at, event) VALUES ('2026-01-01 00:00:00.000000', 'sentinel')"
-        )
-        connection.commit()
-    before = schema_sql(db)
-
-    migrate.upgrade(url_for(db))
-
-    assert schema_sql(db) == before
-    assert versions(db) == [head()]
-    with raw(db) as connection:
-        kept = connection.execute("SELECT event FROM audit_events").fetchall()
-    assert kept == [("sentinel",)]
-
-
-def test_orm_tables_and_migrations_agree(tmp_path: Path) -> None:
-    db = tmp_path / "auth.db"
-    migrate.upgrade(url_for(db))
-
-    assert differences(db, Base.metadata) == []
-
-
-def test_comparison_reports_real_differences(tmp_path: Path) -> None:
-    # The comparison above must be able to fail: a copy of the tables with a new column, a
-    # narrower type, a changed nullability and a missing index is reported on each count.
-    db = tmp_path / "auth.db"
-    migrate.upgrade(url_for(db))
+def copy_of_the_tables() -> sa.MetaData:
     altered = sa.MetaData()
     for table in Base.metadata.tables.values():
         table.to_metadata(altered)
+    return altered
+
+
+# -- the tests ----------------------------------------------------------------------------------
+
+
+def test_upgrade_creates_the_schema_at_head(empty_url: str) -> None:
+    assert is_new(empty_url)
+
+    migrate.upgrade(empty_url)
+
+    assert table_names(empty_url) == {"alembic_version", *Base.metadata.tables}
+    assert versions(empty_url) == [head()]
+
+
+def test_second_upgrade_is_a_no_op(empty_url: str) -> None:
+    migrate.upgrade(empty_url)
+    execute(
+        empty_url,
+        "INSERT INTO audit_events (at, event) VALUES ('2026-01-01 00:00:00.000000', 'sentinel')",
+    )
+    before = schema(empty_url)
+    assert set(before) == {"alembic_version", *Base.metadata.tables}
+
+    migrate.upgrade(empty_url)
+
+    assert schema(empty_url) == before
+    assert versions(empty_url) == [head()]
+    assert rows(empty_url, "SELECT event FROM audit_events") == [("sentinel",)]
+
+
+def test_orm_tables_and_migrations_agree(empty_url: str) -> None:
+    migrate.upgrade(empty_url)
+
+    assert differences(empty_url, Base.metadata) == []
+
+
+def test_comparison_reports_real_differences(empty_url: str) -> None:
+    # The comparison above must be able to fail: a copy of the tables with a new column, a
+    # narrower type, a changed nullability and a missing index is reported on each count.
+    migrate.upgrade(empty_url)
+    altered = copy_of_the_tables()
     altered.tables["outbox"].append_column(sa.Column("priority", sa.Integer(), nullable=False))
     altered.tables["users"].c.email.type = sa.String(100)
     altered.tables["users"].c.password_hash.nullable = False
     sessions = altered.tables["sessions"]
     sessions.indexes.discard(next(i for i in sessions.indexes if i.name == "ix_sessions_user_id"))
 
-    diffs = flatten(differences(db, altered))
+    diffs = flatten(differences(empty_url, altered))
 
     assert any(d[0] == "add_column" and (d[2], d[3].name) == ("outbox", "priority") for d in diffs)
     assert any(d[0] == "modify_type" and d[2:4] == ("users", "email") for d in diffs)
@@ -143,22 +234,19 @@ def test_comparison_reports_real_differences(tmp_path: Path) -> None:
     assert any(d[0] == "remove_index" and d[1].name == "ix_sessions_user_id" for d in diffs)
 
 
-def test_comparison_sees_through_the_utc_datetime_decorator(tmp_path: Path) -> None:
+def test_comparison_sees_through_the_utc_datetime_decorator(empty_url: str) -> None:
     # UTCDateTime is compared by what it stores: put on a string column, it is reported.
-    db = tmp_path / "auth.db"
-    migrate.upgrade(url_for(db))
-    altered = sa.MetaData()
-    for table in Base.metadata.tables.values():
-        table.to_metadata(altered)
+    migrate.upgrade(empty_url)
+    altered = copy_of_the_tables()
     altered.tables["outbox"].c.kind.type = UTCDateTime()
 
-    diffs = flatten(differences(db, altered))
+    diffs = flatten(differences(empty_url, altered))
 
     assert [(d[0], d[2], d[3]) for d in diffs] == [("modify_type", "outbox", "kind")]
 
 
 # Each child imports everything, says it is ready, waits for the go signal, then migrates —
-# so the two `upgrade` calls really do start together.
+# so the `upgrade` calls really do start together.
 CHILD = """
 import sys, time
 from pathlib import Path
@@ -175,15 +263,15 @@ migrate.upgrade(sys.argv[1])
 
 
 @pytest.mark.parametrize("attempt", range(3))
-def test_two_processes_migrating_one_new_file_at_once_both_succeed(
-    tmp_path: Path, attempt: int
+def test_processes_migrating_one_new_database_at_once_all_succeed(
+    empty_url: str, backend: tuple[str, str], tmp_path: Path, attempt: int
 ) -> None:
-    db = tmp_path / "auth.db"
+    assert is_new(empty_url)
     go = tmp_path / "go"
-    ready = [tmp_path / f"ready-{n}" for n in range(2)]
+    ready = [tmp_path / f"ready-{n}" for n in range(RACERS[backend[0]])]
     children = [
         subprocess.Popen(
-            [sys.executable, "-c", CHILD, url_for(db), str(flag), str(go)],
+            [sys.executable, "-c", CHILD, empty_url, str(flag), str(go)],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -207,6 +295,6 @@ def test_two_processes_migrating_one_new_file_at_once_both_succeed(
 
     for child, (_, stderr) in zip(children, outcomes, strict=True):
         assert child.returncode == 0, stderr
-    assert versions(db) == [head()]
-    assert table_names(db) == {"alembic_version", *Base.metadata.tables}
-    assert differences(db, Base.metadata) == []
+    assert versions(empty_url) == [head()]
+    assert table_names(empty_url) == {"alembic_version", *Base.metadata.tables}
+    assert differences(empty_url, Base.metadata) == []

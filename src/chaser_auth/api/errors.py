@@ -11,12 +11,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException
 
 from chaser_auth.api.schemas import ErrorResponse
 from chaser_auth.errors import (
     ChaserError,
+    InternalError,
     InvalidRequest,
     MethodNotAllowed,
     NotFound,
@@ -106,3 +107,27 @@ def install(app: FastAPI) -> None:
 
     for kind in (OperationalError, InterfaceError, ConnectionError, TimeoutError):
         app.add_exception_handler(kind, _database_down)
+
+    @app.exception_handler(DBAPIError)
+    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
+        if database_unavailable(exc):
+            return await _database_down(request, exc)
+        log.error(
+            "database error %s [%s]",
+            type(exc.orig).__name__,
+            request.scope.get("state", {}).get("request_id"),
+        )
+        return render(InternalError())
+
+
+# SQLSTATE classes that mean "the server cannot serve us now", not "this statement is wrong":
+# 08 connection exception, 53 insufficient resources, 57 operator intervention (shutdown,
+# terminated backend), and 55000 "database is not accepting connections".
+_UNAVAILABLE_CLASSES = ("08", "53", "57")
+
+
+def database_unavailable(exc: DBAPIError) -> bool:
+    if exc.connection_invalidated or isinstance(exc.orig, OSError):
+        return True
+    state = str(getattr(exc.orig, "sqlstate", None) or "")
+    return state[:2] in _UNAVAILABLE_CLASSES or state == "55000"

@@ -9,6 +9,9 @@ Failures back off exponentially with jitter — "equal jitter": half fixed, half
 retries after a shared outage spread out (AWS Architecture Blog, "Exponential Backoff and
 Jitter") — and after `mail_max_attempts`, or at once on a permanent SMTP reply, the row
 becomes a dead letter for `chaser-auth outbox list|retry`.
+
+Between rounds it sleeps until woken: by a request in its own process, by a PostgreSQL
+notification from any process (`store.notify`), or after `worker_poll_interval` at the latest.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from chaser_auth.domain.registration import REGISTER, RegistrationService
 from chaser_auth.mail.messages import Renderer
 from chaser_auth.mail.transport import DeliveryError, MailTransport
 from chaser_auth.ratelimit import Limiter
+from chaser_auth.store.notify import OutboxListener
 from chaser_auth.store.repositories import Store
 from chaser_auth.store.tables import OutboxMessage
 
@@ -72,6 +76,7 @@ class Worker:
         lease: int,
         poll_interval: float,
         wake: asyncio.Event | None = None,
+        listener: OutboxListener | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -87,6 +92,7 @@ class Worker:
         self.lease = timedelta(seconds=lease)
         self.poll_interval = poll_interval
         self.wake = wake or asyncio.Event()
+        self.listener = listener
         self._handlers: dict[str, Callable[[OutboxMessage], Awaitable[Letter | Skip]]] = {
             RESET_REQUEST: lambda job: self.recovery.prepare_reset(job, self.address_limit),
             PASSWORD_CHANGED: self.recovery.prepare_changed_notice,
@@ -95,14 +101,19 @@ class Worker:
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("delivery worker started")
-        while not stop.is_set():
-            try:
-                handled = await self.run_once()
-            except Exception as exc:  # noqa: BLE001 - the loop must outlive a database outage
-                log.warning("worker round failed: %s", type(exc).__name__)
-                handled = 0
-            if handled == 0:
-                await self._idle(stop)
+        listening = asyncio.create_task(self.listener.run(stop)) if self.listener else None
+        try:
+            while not stop.is_set():
+                try:
+                    handled = await self.run_once()
+                except Exception as exc:  # noqa: BLE001 - the loop must outlive a database outage
+                    log.warning("worker round failed: %s", type(exc).__name__)
+                    handled = 0
+                if handled == 0:
+                    await self._idle(stop)
+        finally:
+            if listening is not None:
+                await listening
         log.info("delivery worker stopped")
 
     async def _idle(self, stop: asyncio.Event) -> None:

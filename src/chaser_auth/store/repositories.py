@@ -15,6 +15,7 @@ from typing import Any, Generic, TypeVar, cast
 from sqlalchemy import CursorResult, delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
+from chaser_auth.store.notify import CHANNEL
 from chaser_auth.store.tables import (
     AuditEvent,
     LinkToken,
@@ -204,6 +205,13 @@ class Outbox:
     async def add_many(self, rows: list[dict[str, Any]]) -> None:
         """Insert rows made by `new_outbox_row`, in one statement."""
         await self.db.execute(insert(OutboxMessage), rows)
+        await self._notify()
+
+    async def _notify(self) -> None:
+        # PostgreSQL delivers it at commit, to every worker that LISTENs (store/notify.py);
+        # several in one transaction collapse into one.
+        if self.db.get_bind().dialect.name == "postgresql":
+            await self.db.execute(text(f"NOTIFY {CHANNEL}"))
 
     async def claim(
         self, now: datetime, lease_until: datetime, limit: int
@@ -291,7 +299,10 @@ class Outbox:
             .where(OutboxMessage.id == message_id, OutboxMessage.status == DEAD)
             .values(status=QUEUED, attempts=0, available_at=now, finished_at=None)
         )
-        return _rowcount(result) == 1
+        revived = _rowcount(result) == 1
+        if revived:
+            await self._notify()
+        return revived
 
     async def purge(self) -> int:
         result = await self.db.execute(
