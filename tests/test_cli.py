@@ -558,7 +558,7 @@ def readme_commands() -> list[str]:
 def test_help_mentions_every_command_and_flag_in_the_readme(tmp_path: Path) -> None:
     commands = readme_commands()
     names = list(dict.fromkeys(line.split()[0] for line in commands))
-    assert names == ["serve", "worker", "migrate", "users", "outbox"]
+    assert names == ["serve", "worker", "migrate", "users", "outbox", "audit", "doctor"]
     # What each README line promises: {help invocation: words its output must contain}.
     promised: dict[tuple[str, ...], set[str]] = {(): set(names)}
     for line in commands:
@@ -579,6 +579,8 @@ def test_help_mentions_every_command_and_flag_in_the_readme(tmp_path: Path) -> N
     assert promised[("users", "create")] == {"--password-stdin"}
     assert promised[("users",)] == {"create", "list", "disable", "enable", "delete", "reset-link"}
     assert promised[("users", "delete")] == {"--yes"}
+    assert promised[("audit",)] == {"list", "purge"}
+    assert promised[("audit", "list")] == {"--since", "--event", "--user", "--limit"}
 
     invocations = list(promised)
     results = cli_parallel(

@@ -67,5 +67,5 @@ def app_from_environment() -> FastAPI:
     """Factory for `uvicorn --factory` (used by `chaser-auth serve --workers N`): each child
     process reads the same environment and sets up its own logging."""
     settings = Settings()
-    configure_logging(settings.log_level, service=True)
+    configure_logging(settings.log_level, service=True, fmt=settings.log_format)
     return create_app(settings)

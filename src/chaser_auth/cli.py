@@ -7,12 +7,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import json
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -113,7 +117,36 @@ def _parser() -> argparse.ArgumentParser:
     retry = outbox.add_parser("retry", help="queue a dead letter for delivery again")
     retry.add_argument("id", type=uuid.UUID)
     outbox.add_parser("purge", help="delete finished messages and dead letters")
+
+    audit = commands.add_parser(
+        "audit",
+        help="read the audit trail of security events",
+        description="Print security events (reset requested, suppressed, sent, consumed, "
+        "failed confirms, logins, sessions revoked, operator actions), oldest first. Addresses "
+        "appear only as a keyed hash (subject). `audit purge` deletes events older than "
+        "CHASER_AUTH_AUDIT_RETENTION_DAYS (workers also do it hourly).",
+    )
+    audit.add_argument("action", nargs="?", choices=["list", "purge"], default="list")
+    audit.add_argument("--since", type=_duration, help="only this recent, e.g. 30m, 24h, 7d")
+    audit.add_argument("--event", help="only this event, e.g. reset_requested")
+    audit.add_argument("--user", type=uuid.UUID, help="only this account id")
+    audit.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
+
+    commands.add_parser(
+        "doctor",
+        help="check the configuration and the services it names",
+        description="Check the configuration (PUBLIC_URL on https, the secret key, MAIL_FROM), "
+        "the database (reachable, migrated), SMTP (a NOOP) and Redis (a PING), and say what to "
+        "fix. Changes nothing. Exit 1 if anything fails.",
+    )
     return parser
+
+
+def _duration(value: str) -> timedelta:
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    if len(value) < 2 or value[-1] not in units or not value[:-1].isdigit():
+        raise argparse.ArgumentTypeError("use a number and a unit: 90s, 30m, 24h, 7d")
+    return timedelta(seconds=int(value[:-1]) * units[value[-1]])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,8 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             name = "CHASER_AUTH_" + "_".join(str(p) for p in err["loc"]).upper()
             print(f"chaser-auth: configuration: {name}: {err['msg']}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, service=args.command in ("serve", "worker"))
-    if args.command in ("users", "outbox"):
+    configure_logging(
+        settings.log_level, service=args.command in ("serve", "worker"), fmt=settings.log_format
+    )
+    if args.command in ("users", "outbox", "audit"):
         logging.getLogger("alembic").setLevel(logging.WARNING)  # the implicit migrate is quiet
     try:
         return _dispatch(args, settings)
@@ -152,6 +187,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         migrate.upgrade(settings.database_url)
         print("database is at the newest schema")
         return 0
+    if args.command == "doctor":
+        return asyncio.run(_doctor(settings))
     # Every command that touches the database first brings its schema up to date (idempotent),
     # so that `users create` on a fresh machine works before the first `serve`.
     migrate.upgrade(settings.database_url)
@@ -166,6 +203,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _run(settings, lambda rt: _users(rt, args))
     if args.command == "outbox":
         return _run(settings, lambda rt: _outbox(rt, args))
+    if args.command == "audit":
+        return _run(settings, lambda rt: _audit(rt, args))
     raise AssertionError(args.command)
 
 
@@ -209,7 +248,17 @@ def serve(settings: Settings, host: str, port: int, workers: int, embedded_worke
         )
     else:
         os.environ["CHASER_AUTH_EMBEDDED_WORKER"] = "true" if embedded_worker else "false"
-        uvicorn.run("chaser_auth.app:app_from_environment", factory=True, workers=workers, **common)
+        # Every process writes its metric samples here; a scrape of any one reports the sum.
+        own_dir = "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+        if own_dir:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="chaser-auth-metrics-")
+        try:
+            uvicorn.run(
+                "chaser_auth.app:app_from_environment", factory=True, workers=workers, **common
+            )
+        finally:
+            if own_dir:
+                shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)
     return 0
 
 
@@ -273,6 +322,40 @@ async def _users(runtime: Runtime, args: argparse.Namespace) -> int:
     link = await runtime.recovery.operator_link(await accounts.find(args.email))
     print(link)
     return 0
+
+
+async def _audit(runtime: Runtime, args: argparse.Namespace) -> int:
+    now = runtime.clock()
+    if args.action == "purge":
+        count = await runtime.audit_retention()
+        print(f"purged {count} event{'s' if count != 1 else ''}")
+        return 0
+    async with runtime.store.tx() as tx:
+        events = await tx.audit.listing(
+            since=now - args.since if args.since else None,
+            event=args.event,
+            user_id=args.user,
+            limit=args.limit,
+        )
+    print(f"{'at':20}  {'event':30}  {'user':36}  {'subject':16}  detail")
+    for row in events:
+        detail = json.dumps(row.detail, separators=(",", ":")) if row.detail else ""
+        print(
+            f"{row.at:%Y-%m-%dT%H:%M:%SZ}  {row.event:30}  {str(row.user_id or '-'):36}  "
+            f"{(row.subject or '-')[:16]:16}  {detail}"
+        )
+    return 0
+
+
+async def _doctor(settings: Settings) -> int:
+    from chaser_auth.doctor import FAIL, examine
+
+    findings = await examine(settings)
+    for finding in findings:
+        print(f"{finding.level:4}  {finding.topic:10}  {finding.text}")
+    failed = sum(f.level == FAIL for f in findings)
+    print("fix the FAIL lines above" if failed else "nothing blocks serving")
+    return 1 if failed else 0
 
 
 async def _outbox(runtime: Runtime, args: argparse.Namespace) -> int:

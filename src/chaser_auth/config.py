@@ -11,7 +11,7 @@ import secrets
 import tempfile
 from email.utils import parseaddr
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from limits import RateLimitItem, parse
@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     argon2_parallelism: Annotated[int, Field(ge=1)] = 4
 
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    audit_retention_days: Annotated[int, Field(ge=1)] = 90
 
     @field_validator(
         "rate_limit_reset_per_ip",

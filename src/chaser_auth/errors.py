@@ -71,6 +71,10 @@ class InvalidToken(ChaserError):
     code = "invalid_token"
     message = "This link is invalid or has expired. Request a new one."
 
+    def __init__(self, message: str | None = None, *, reason: str = "invalid") -> None:
+        super().__init__(message)
+        self.reason = reason  # "expired" or "invalid": for metrics, never for the client
+
 
 class WeakPassword(ChaserError):
     status = 422

@@ -1,17 +1,59 @@
 """Process-wide logging set-up, shared by the CLI and by `serve --workers N`'s child
-processes (which start as fresh interpreters and would otherwise log nothing)."""
+processes (which start as fresh interpreters and would otherwise log nothing).
+
+Services (serve, worker) write one JSON object per line to stdout (python-json-logger):
+`time`, `level`, `logger`, `message`, the `request_id` of the request being answered (if any)
+and the structured fields a call passes in `extra`. `CHASER_AUTH_LOG_FORMAT=text` gives plain
+lines instead. One-shot commands log text to stderr, so that their stdout is only their answer.
+
+No log line carries an address, a token or a password: callers log ids, outcomes and keyed
+hashes only, and the request id comes from `X-Request-ID` only if it is a short plain token.
+"""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
+from typing import Any
+
+from pythonjsonlogger.json import JsonFormatter
+
+# Set by the edge middleware for the duration of each request; read by every log record.
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "chaser_auth_request_id", default=None
+)
 
 
-def configure_logging(level: str, *, service: bool) -> None:
-    """Services (serve, worker) log to stdout for their supervisor; one-shot commands log to
-    stderr so that their stdout is only their answer."""
-    logging.basicConfig(
-        level=level.upper(),
-        stream=sys.stdout if service else sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+_plain_record = logging.getLogRecordFactory()
+
+
+def _record_with_request_id(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    # A record factory rather than a handler filter: every record carries the id, whichever
+    # handler (ours, a test's, an operator's) ends up writing it.
+    record = _plain_record(*args, **kwargs)
+    record.request_id = request_id.get()
+    return record
+
+
+logging.setLogRecordFactory(_record_with_request_id)
+
+
+def configure_logging(level: str, *, service: bool, fmt: str = "json") -> None:
+    handler = logging.StreamHandler(sys.stdout if service else sys.stderr)
+    if service and fmt == "json":
+        handler.setFormatter(
+            JsonFormatter(
+                "{levelname}{name}{message}{request_id}",
+                style="{",
+                rename_fields={"levelname": "level", "name": "logger"},
+                timestamp="time",  # ISO 8601, UTC
+            )
+        )
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())

@@ -25,6 +25,7 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
 from redis.asyncio import ConnectionPool
 
+from chaser_auth import metrics
 from chaser_auth.errors import RateLimited
 
 REDIS_RETRY = 5.0
@@ -113,9 +114,11 @@ class Limiter:
 
         verdict = await self._ask(ask)
         if verdict is not None:
+            metrics.LIMITED.labels(scope).inc()
             raise RateLimited(headers=verdict.headers(scope, now))
 
     async def enforce(self, item: RateLimitItem, scope: str, key: str, now: float) -> None:
         verdict = await self.hit(item, scope, key)
         if not verdict.allowed:
+            metrics.LIMITED.labels(scope).inc()
             raise RateLimited(headers=verdict.headers(scope, now))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from datetime import timedelta
 
 from chaser_auth.config import Settings, load_secret_key
 from chaser_auth.domain.accounts import AccountService
@@ -115,7 +116,14 @@ class Runtime:
             poll_interval=s.worker_poll_interval,
             wake=self.wake,
             listener=listener,
+            housekeeping=self.audit_retention,
         )
+
+    async def audit_retention(self) -> int:
+        """Delete audit events older than CHASER_AUTH_AUDIT_RETENTION_DAYS; how many went."""
+        before = self.clock() - timedelta(days=self.settings.audit_retention_days)
+        async with self.store.tx() as tx:
+            return await tx.audit.purge(before)
 
     async def close(self) -> None:
         await self.recovery.intake.close()

@@ -98,11 +98,7 @@ def install(app: FastAPI) -> None:
     async def _database_down(request: Request, exc: Exception) -> JSONResponse:
         # Database unreachable or locked past the busy timeout: a clear 503 the client may
         # retry, never a 500 (SPEC §2: no trace for anything but our own bugs).
-        log.warning(
-            "database unavailable: %s [%s]",
-            type(exc).__name__,
-            request.scope.get("state", {}).get("request_id"),
-        )
+        log.warning("database unavailable: %s", type(exc).__name__)
         return render(ServiceUnavailable(headers={"Retry-After": DB_RETRY_AFTER}))
 
     for kind in (OperationalError, InterfaceError, ConnectionError, TimeoutError):
@@ -112,11 +108,7 @@ def install(app: FastAPI) -> None:
     async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
         if database_unavailable(exc):
             return await _database_down(request, exc)
-        log.error(
-            "database error %s [%s]",
-            type(exc.orig).__name__,
-            request.scope.get("state", {}).get("request_id"),
-        )
+        log.error("database error %s", type(exc.orig).__name__)
         return render(InternalError())
 
 

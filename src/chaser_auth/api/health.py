@@ -1,9 +1,10 @@
-"""Liveness and readiness for load balancers and orchestrators."""
+"""Liveness, readiness and metrics, for load balancers, orchestrators and Prometheus."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Response
 
+from chaser_auth import metrics
 from chaser_auth.api.deps import RuntimeDep
 from chaser_auth.api.schemas import ErrorResponse, HealthResponse
 from chaser_auth.errors import ServiceUnavailable
@@ -34,3 +35,20 @@ async def readyz(runtime: RuntimeDep) -> HealthResponse:
     except Exception as exc:  # noqa: BLE001 - any failure to answer means "not ready"
         raise ServiceUnavailable(headers={"Retry-After": "5"}) from exc
     return HealthResponse(status="ready")
+
+
+@router.get(
+    "/metrics",
+    operation_id="metrics",
+    summary="Prometheus metrics (text exposition format)",
+    response_class=Response,
+    responses={
+        200: {"content": {"text/plain": {}}, "description": "Metrics"},
+        503: {"model": ErrorResponse, "description": "Database unreachable"},
+    },
+)
+async def prometheus_metrics(runtime: RuntimeDep) -> Response:
+    async with runtime.store.tx() as tx:
+        depth, oldest, dead = await tx.outbox.stats()
+    body = metrics.render(depth, oldest, dead, runtime.clock())
+    return Response(body, media_type=metrics.CONTENT_TYPE)

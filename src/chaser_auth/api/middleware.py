@@ -5,7 +5,8 @@
 - turns any exception that escaped the handlers into the one error shape with a bare 500 — no
   trace, no exception text (it may quote SQL parameters, i.e. addresses);
 - writes the access log: method, path without query string, status, time, request id. Never
-  the body, never a query string (a mistaken `?token=` must not reach the logs).
+  the body, never a query string (a mistaken `?token=` must not reach the logs);
+- counts the request for `/metrics` by route template (never the raw path, which may hold ids).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chaser_auth import metrics
 from chaser_auth.errors import ChaserError, InternalError, PayloadTooLarge
+from chaser_auth.logs import request_id as current_request_id
 
 MAX_BODY = 4096
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -54,6 +57,7 @@ class EdgeMiddleware:
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
+        bound = current_request_id.set(request_id)
         extra = [(b"x-request-id", request_id.encode()), *_BASE_HEADERS]
         status_seen: dict[str, Any] = {"status": 500, "started": False}
 
@@ -73,23 +77,30 @@ class EdgeMiddleware:
                 await self.app(scope, replay, send_with_headers)
         except Exception as exc:  # noqa: BLE001 - last line of defence; logged without its text
             errors.error(
-                "unhandled %s on %s %s [%s]",
-                type(exc).__name__,
-                scope["method"],
-                scope["path"],
-                request_id,
+                "unhandled %s on %s %s", type(exc).__name__, scope["method"], scope["path"]
             )
             if not status_seen["started"]:
                 await self._send_error(InternalError(), send_with_headers)
         finally:
+            elapsed = time.perf_counter() - started
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            metrics.REQUESTS.labels(template, scope["method"], str(status_seen["status"])).inc()
+            metrics.LATENCY.labels(template, scope["method"]).observe(elapsed)
             access.info(
-                "%s %s %s %.1fms [%s]",
+                "%s %s %s %.1fms",
                 scope["method"],
                 scope["path"],
                 status_seen["status"],
-                (time.perf_counter() - started) * 1000,
-                request_id,
+                elapsed * 1000,
+                extra={
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "status": status_seen["status"],
+                    "duration_ms": round(elapsed * 1000, 2),
+                },
             )
+            current_request_id.reset(bound)
 
     @staticmethod
     async def _read_body(scope: Scope, receive: Receive) -> Receive | ChaserError:

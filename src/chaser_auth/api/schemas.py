@@ -10,11 +10,23 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 
 class Schema(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
+
+    @field_validator("*", mode="after", check_fields=False)
+    @classmethod
+    def _encodable(cls, value: Any) -> Any:
+        # JSON may spell a lone surrogate ("\ud800"), which is a valid Python str but no
+        # UTF-8 text: refused here, so nothing downstream has to encode it.
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("must be valid Unicode text") from None
+        return value
 
 
 class PasswordResetRequest(Schema):

@@ -25,6 +25,19 @@ MAX_LOCAL_LENGTH = 64
 # (Cf), unassigned code points and surrogates: none belongs in an address a person types, and
 # Cf characters would let two addresses that look the same on screen be different accounts.
 _REFUSED_CATEGORIES = {"Cc", "Cf", "Cn", "Cs", "Co", "Zl", "Zp"}
+# Characters that render as nothing but are not in those categories (Unicode's
+# Default_Ignorable_Code_Point beyond Cf: combining grapheme joiner, Hangul fillers, Khmer
+# inherent vowels, Mongolian and other variation selectors); unicodedata has no flag for them.
+_INVISIBLE = frozenset(
+    [0x034F, 0x115F, 0x1160, 0x17B4, 0x17B5, 0x3164, 0xFFA0]
+    + list(range(0x180B, 0x1810))
+    + list(range(0xFE00, 0xFE10))
+    + list(range(0xE0100, 0xE01F0))
+)
+
+
+def _refused(ch: str) -> bool:
+    return ch.isspace() or ord(ch) in _INVISIBLE or unicodedata.category(ch) in _REFUSED_CATEGORIES
 
 
 def _split(raw: str) -> tuple[str, str] | None:
@@ -35,7 +48,7 @@ def _split(raw: str) -> tuple[str, str] | None:
     domain = domain[:-1] if domain.endswith(".") else domain  # the FQDN's root dot
     if not local or not domain:
         return None
-    if any(ch.isspace() or unicodedata.category(ch) in _REFUSED_CATEGORIES for ch in local):
+    if any(_refused(ch) for ch in local):
         return None
     try:
         ascii_domain = idna.encode(domain, uts46=True).decode("ascii")

@@ -31,10 +31,20 @@ def normalize(password: str) -> str:
     return unicodedata.normalize("NFC", password)
 
 
+def _fold(text: str) -> str:
+    """Case-insensitive form: NFC, full case folding, NFC again (folding can denormalise)."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFC", text).casefold())
+
+
 def _repetitive(password: str) -> bool:
-    folded = password.casefold()
+    # The period is found on the password as typed (after NFC) and the pieces compared without
+    # case: folding first would lengthen "ß" or "ﬃ" and hide the period.
     return any(
-        len(folded) % size == 0 and folded == folded[:size] * (len(folded) // size)
+        len(password) % size == 0
+        and all(
+            _fold(password[i : i + size]) == _fold(password[:size])
+            for i in range(0, len(password), size)
+        )
         for size in range(1, 5)
     )
 
@@ -62,9 +72,14 @@ class PasswordPolicy:
                     "max_length": MAX_LENGTH,
                 }
             )
-        folded = pw.casefold()
-        local = email.rpartition("@")[0].casefold()
-        if folded in (email.casefold(), local):
+        if any(0xD800 <= ord(ch) <= 0xDFFF for ch in pw):
+            found.append(
+                {"code": "invalid_characters", "message": "Use only valid Unicode characters."}
+            )
+            return found
+        folded = _fold(pw)
+        local = _fold(email.rpartition("@")[0])
+        if folded in (_fold(email), local):
             found.append({"code": "matches_email", "message": "Do not use your email address."})
         elif _repetitive(pw):
             found.append(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+from chaser_auth import metrics
 from chaser_auth.domain import tokens
 from chaser_auth.domain.addresses import address_key, stored_form
 from chaser_auth.domain.clock import Clock
@@ -145,6 +146,7 @@ class RecoveryService:
             )
         )
         await tx.audit.record(event, now, user_id=user.id)
+        metrics.TOKENS.labels(RESET_PURPOSE, "issued").inc()
         return token
 
     async def operator_link(self, user: User) -> str:
@@ -210,17 +212,25 @@ class RecoveryService:
 
         Never changes anything: the verify endpoint and the page call this freely."""
         if not tokens.is_well_formed(token):
+            metrics.TOKENS.labels(RESET_PURPOSE, "invalid").inc()
             raise InvalidToken()
         now = self.clock()
         async with self.store.tx() as tx:
             row = await tx.reset_tokens.by_digest(tokens.digest(self.secret, token))
             user = await tx.users.get(row.user_id) if row is not None else None
         if row is None or user is None or not self._usable(row, user, now):
+            expired = row is not None and now > row.expires_at and row.used_at is None
+            metrics.TOKENS.labels(RESET_PURPOSE, "expired" if expired else "invalid").inc()
             raise InvalidToken()
         return row, user
 
     async def confirm(self, token: str, password: str) -> AuthResult:
-        row, user = await self.check(token)
+        try:
+            row, user = await self.check(token)
+        except InvalidToken:
+            async with self.store.tx() as tx:  # the audit trail sees link guessing
+                await tx.audit.record("reset_confirm_failed", self.clock())
+            raise
         # Policy before consuming: a refused password leaves the link usable (SPEC §2.2).
         self.policy.check(password, user.email)
         password_hash = await self.hasher.hash(password)
@@ -246,4 +256,5 @@ class RecoveryService:
                 await tx.audit.record("reset_confirm_failed", now, user_id=user.id)
         if result is None:
             raise InvalidToken()
+        metrics.TOKENS.labels(RESET_PURPOSE, "consumed").inc()
         return result

@@ -17,6 +17,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime, timedelta
 
+from chaser_auth import metrics
 from chaser_auth.domain import tokens
 from chaser_auth.domain.addresses import address_key, stored_form
 from chaser_auth.domain.clock import Clock
@@ -116,6 +117,7 @@ class RegistrationService:
             )
         )
         await tx.outbox.resolve(job_id, user.id)
+        metrics.TOKENS.labels(VERIFY_PURPOSE, "issued").inc()
         return token
 
     async def _resend(self, job: OutboxMessage, now: datetime) -> Letter | Skip:
@@ -153,6 +155,15 @@ class RegistrationService:
 
     async def verify(self, token: str) -> AuthResult:
         """Use the token: the address is verified and a session starts. InvalidToken otherwise."""
+        try:
+            result = await self._verify(token)
+        except InvalidToken as exc:
+            metrics.TOKENS.labels(VERIFY_PURPOSE, exc.reason).inc()
+            raise
+        metrics.TOKENS.labels(VERIFY_PURPOSE, "consumed").inc()
+        return result
+
+    async def _verify(self, token: str) -> AuthResult:
         if not tokens.is_well_formed(token):
             raise InvalidToken()
         now = self.clock()
@@ -163,7 +174,8 @@ class RegistrationService:
             if row is None or user is None or not user.is_active:
                 raise InvalidToken()
             if not await tx.verify_tokens.consume(row.id, now):
-                raise InvalidToken()
+                expired = now > row.expires_at and row.used_at is None
+                raise InvalidToken(reason="expired" if expired else "invalid")
             await tx.users.mark_verified(user.id)
             await tx.verify_tokens.revoke_all(user.id, now)
             result = await self.sessions.open(tx, user, now)

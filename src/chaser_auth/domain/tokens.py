@@ -52,7 +52,7 @@ def derive(secret: bytes, purpose: str, job_id: uuid.UUID) -> str:
 
 
 def digest(secret: bytes, token: str) -> str:
-    return hmac.new(secret, b"chaser-auth/digest/" + token.encode(), hashlib.sha256).hexdigest()
+    return hmac.new(secret, b"chaser-auth/digest/" + _bytes(token), hashlib.sha256).hexdigest()
 
 
 def is_well_formed(token: str) -> bool:
@@ -61,6 +61,12 @@ def is_well_formed(token: str) -> bool:
 
 def keyed_hash(secret: bytes, value: str) -> str:
     """A stable pseudonym for an address in logs, audit rows and limiter keys."""
-    return hmac.new(secret, b"chaser-auth/subject/" + value.encode(), hashlib.sha256).hexdigest()[
+    return hmac.new(secret, b"chaser-auth/subject/" + _bytes(value), hashlib.sha256).hexdigest()[
         :32
     ]
+
+
+def _bytes(text: str) -> bytes:
+    # surrogatepass: a lone surrogate (valid in a Python str, not in UTF-8) hashes instead of
+    # raising; the API refuses such strings anyway.
+    return text.encode("utf-8", "surrogatepass")

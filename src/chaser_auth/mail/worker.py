@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 
 from limits import RateLimitItem
 
+from chaser_auth import metrics
 from chaser_auth.domain.clock import Clock
 from chaser_auth.domain.recovery import (
     PASSWORD_CHANGED,
@@ -44,6 +45,7 @@ from chaser_auth.store.tables import OutboxMessage
 log = logging.getLogger("chaser_auth.worker")
 
 BATCH = 16
+HOUSEKEEPING_INTERVAL = 3600.0  # seconds between audit-retention runs
 
 
 class PerAddressLimit:
@@ -54,7 +56,10 @@ class PerAddressLimit:
         self.item = item
 
     async def allow(self, subject: str) -> bool:
-        return (await self.limiter.hit(self.item, "reset-address", subject)).allowed
+        allowed = (await self.limiter.hit(self.item, "reset-address", subject)).allowed
+        if not allowed:
+            metrics.LIMITED.labels("address").inc()
+        return allowed
 
 
 class Worker:
@@ -77,6 +82,7 @@ class Worker:
         poll_interval: float,
         wake: asyncio.Event | None = None,
         listener: OutboxListener | None = None,
+        housekeeping: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.store = store
         self.clock = clock
@@ -93,6 +99,8 @@ class Worker:
         self.poll_interval = poll_interval
         self.wake = wake or asyncio.Event()
         self.listener = listener
+        self.housekeeping = housekeeping
+        self._next_housekeeping = 0.0
         self._handlers: dict[str, Callable[[OutboxMessage], Awaitable[Letter | Skip]]] = {
             RESET_REQUEST: lambda job: self.recovery.prepare_reset(job, self.address_limit),
             PASSWORD_CHANGED: self.recovery.prepare_changed_notice,
@@ -104,6 +112,7 @@ class Worker:
         listening = asyncio.create_task(self.listener.run(stop)) if self.listener else None
         try:
             while not stop.is_set():
+                await self._housekeep()
                 try:
                     handled = await self.run_once()
                 except Exception as exc:  # noqa: BLE001 - the loop must outlive a database outage
@@ -115,6 +124,16 @@ class Worker:
             if listening is not None:
                 await listening
         log.info("delivery worker stopped")
+
+    async def _housekeep(self) -> None:
+        """Hourly chores (audit retention); a failure waits for the next hour."""
+        if self.housekeeping is None or time.monotonic() < self._next_housekeeping:
+            return
+        self._next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
+        try:
+            await self.housekeeping()
+        except Exception as exc:  # noqa: BLE001 - chores must not stop delivery
+            log.warning("housekeeping failed: %s", type(exc).__name__)
 
     async def _idle(self, stop: asyncio.Event) -> None:
         waits = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())]
@@ -164,6 +183,7 @@ class Worker:
         verdict = await self.limiter.hit(rate, "mail-rate", "all")
         if verdict.allowed:
             return True
+        metrics.LIMITED.labels("mail-rate").inc()
         # Over the operator's cap: wait for the window, and do not count this as an attempt.
         at = self.clock() + timedelta(seconds=max(0.0, verdict.reset_at - time.time()))
         async with self.store.tx() as tx:
@@ -171,8 +191,14 @@ class Worker:
         return False
 
     async def _finish(self, job: OutboxMessage, outcome: str) -> None:
+        now = self.clock()
         async with self.store.tx() as tx:
-            await tx.outbox.finish(job.id, outcome, self.clock())
+            await tx.outbox.finish(job.id, outcome, now)
+            if outcome == "sent":
+                await tx.audit.record(
+                    "mail_sent", now, user_id=job.user_id, detail={"kind": job.kind}
+                )
+        metrics.MAIL.labels(job.kind, outcome).inc()
         log.info("outbox %s %s: %s", job.kind, job.id, outcome)
 
     def backoff(self, attempts: int) -> float:
@@ -184,6 +210,7 @@ class Worker:
         async with self.store.tx() as tx:
             if permanent or job.attempts >= self.max_attempts:
                 await tx.outbox.bury(job.id, now, code)
+                metrics.MAIL.labels(job.kind, "dead").inc()
                 log.warning(
                     "outbox %s %s: dead letter after %d attempts (%s)",
                     job.kind,
@@ -194,6 +221,7 @@ class Worker:
             else:
                 delay = self.backoff(job.attempts)
                 await tx.outbox.retry_later(job.id, now + timedelta(seconds=delay), code)
+                metrics.MAIL.labels(job.kind, "retried").inc()
                 log.info(
                     "outbox %s %s: attempt %d failed (%s), retry in %.1fs",
                     job.kind,

@@ -316,6 +316,19 @@ class Outbox:
             query = query.where(OutboxMessage.status == status)
         return (await self.db.scalars(query)).all()
 
+    async def stats(self) -> tuple[int, datetime | None, int]:
+        """(rows waiting, when the oldest waiting row was queued, dead letters)."""
+        waiting = await self.db.execute(
+            select(func.count(), func.min(OutboxMessage.created_at)).where(
+                OutboxMessage.status == QUEUED
+            )
+        )
+        depth, oldest = waiting.one()
+        dead = await self.db.scalar(
+            select(func.count()).select_from(OutboxMessage).where(OutboxMessage.status == DEAD)
+        )
+        return int(depth or 0), oldest, int(dead or 0)
+
     async def depth(self) -> int:
         count = await self.db.scalar(
             select(func.count()).select_from(OutboxMessage).where(OutboxMessage.status == QUEUED)
@@ -339,6 +352,29 @@ class Audit:
         self.db.add(
             AuditEvent(at=now, event=event, user_id=user_id, subject=subject, detail=detail)
         )
+
+    async def listing(
+        self,
+        *,
+        since: datetime | None = None,
+        event: str | None = None,
+        user_id: uuid.UUID | None = None,
+        limit: int = 100,
+    ) -> Sequence[AuditEvent]:
+        """The newest `limit` events matching, oldest first."""
+        query = select(AuditEvent)
+        if since is not None:
+            query = query.where(AuditEvent.at >= since)
+        if event is not None:
+            query = query.where(AuditEvent.event == event)
+        if user_id is not None:
+            query = query.where(AuditEvent.user_id == user_id)
+        newest = (await self.db.scalars(query.order_by(AuditEvent.id.desc()).limit(limit))).all()
+        return list(reversed(newest))
+
+    async def purge(self, before: datetime) -> int:
+        result = await self.db.execute(delete(AuditEvent).where(AuditEvent.at < before))
+        return _rowcount(result)
 
 
 class Tx:

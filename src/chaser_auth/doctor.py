@@ -1,0 +1,160 @@
+"""`chaser-auth doctor`: check a configuration before it serves anyone, and say what to fix.
+
+Each check gives ok, warn (works, but not how production should run) or fail (will not work).
+Nothing is changed: the database is not migrated, no mail is sent (SMTP gets a NOOP), no
+secret key file is created.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from email.utils import parseaddr
+from urllib.parse import urlsplit
+
+import redis.asyncio
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from chaser_auth.config import MIN_SECRET_LENGTH, Settings
+from chaser_auth.mail.transport import DeliveryError, SmtpTransport
+from chaser_auth.store import migrate
+from chaser_auth.store.engine import create_engine
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: str
+    topic: str
+    text: str
+
+
+def _is_local(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host in _LOCAL_HOSTS or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_urls(settings: Settings) -> list[Finding]:
+    found = []
+    for name, url in (("PUBLIC_URL", settings.public_url), ("APP_URL", settings.app_url)):
+        if url is None:
+            found.append(Finding(WARN, name, "not set: the pages only say what to do next"))
+        elif urlsplit(url).scheme == "https":
+            found.append(Finding(OK, name, url))
+        elif _is_local(url):
+            found.append(Finding(WARN, name, f"{url} is local: fine for development only"))
+        else:
+            found.append(
+                Finding(
+                    FAIL,
+                    name,
+                    f"{url} is plain http: links would carry tokens unencrypted; use https",
+                )
+            )
+    return found
+
+
+def check_secret(settings: Settings) -> Finding:
+    if settings.secret_key is not None:
+        return Finding(OK, "SECRET_KEY", "set (from the environment)")
+    path = settings.secret_key_file
+    if not path.exists():
+        return Finding(
+            WARN,
+            "SECRET_KEY",
+            f"not set; {path} will be generated at the first start — every process must use "
+            "the same key, so set CHASER_AUTH_SECRET_KEY when running more than one",
+        )
+    problems = []
+    if len(path.read_bytes().strip()) < MIN_SECRET_LENGTH:
+        problems.append(f"holds fewer than {MIN_SECRET_LENGTH} characters")
+    if path.stat().st_mode & 0o077:
+        problems.append("is readable by others: chmod 600 it")
+    if problems:
+        return Finding(FAIL, "SECRET_KEY", f"{path} " + "; ".join(problems))
+    return Finding(OK, "SECRET_KEY", f"read from {path}")
+
+
+def check_mail_from(settings: Settings) -> Finding:
+    domain = parseaddr(settings.mail_from)[1].rpartition("@")[2]
+    if domain in ("localhost", "") or domain.endswith(".localhost"):
+        return Finding(WARN, "MAIL_FROM", f"{settings.mail_from}: receivers will reject it")
+    return Finding(OK, "MAIL_FROM", settings.mail_from)
+
+
+async def check_database(settings: Settings) -> Finding:
+    heads = set(
+        ScriptDirectory.from_config(migrate.alembic_config(settings.database_url)).get_heads()
+    )
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.connect() as connection:
+            tables = await connection.run_sync(lambda sync: sync.dialect.get_table_names(sync))
+            current = set()
+            if "alembic_version" in tables:
+                rows = await connection.execute(text("SELECT version_num FROM alembic_version"))
+                current = {row[0] for row in rows}
+    except (SQLAlchemyError, OSError) as exc:
+        reason = type(getattr(exc, "orig", None) or exc).__name__  # the driver's own error
+        return Finding(FAIL, "DATABASE", f"cannot use it: {reason}")
+    finally:
+        await engine.dispose()
+    if current == heads:
+        return Finding(OK, "DATABASE", f"reachable, schema at {', '.join(sorted(heads))}")
+    return Finding(
+        FAIL,
+        "DATABASE",
+        f"reachable, but the schema is at {', '.join(sorted(current)) or 'nothing'} and this "
+        f"release needs {', '.join(sorted(heads))}: run `chaser-auth migrate`",
+    )
+
+
+async def check_smtp(settings: Settings) -> Finding:
+    if not settings.smtp_url:
+        return Finding(
+            WARN, "SMTP_URL", f"not set: mail is written to {settings.mail_dir}, not sent"
+        )
+    transport = SmtpTransport(settings.smtp_url, settings.smtp_timeout)
+    where = f"{transport.hostname}:{transport.port}"
+    try:
+        await transport.check()
+    except DeliveryError as exc:
+        return Finding(FAIL, "SMTP_URL", f"{where} did not accept a NOOP ({exc.code})")
+    return Finding(OK, "SMTP_URL", f"{where} answers NOOP")
+
+
+async def check_redis(settings: Settings) -> Finding:
+    if not settings.redis_url:
+        return Finding(
+            WARN, "REDIS_URL", "not set: rate limits count per process (fine for one process)"
+        )
+    client = redis.asyncio.Redis.from_url(
+        settings.redis_url, socket_timeout=2, socket_connect_timeout=2
+    )
+    try:
+        await client.ping()
+    except (redis.RedisError, OSError) as exc:
+        return Finding(FAIL, "REDIS_URL", f"no answer to PING ({type(exc).__name__})")
+    finally:
+        await client.aclose()
+    return Finding(OK, "REDIS_URL", "answers PING")
+
+
+async def examine(settings: Settings) -> list[Finding]:
+    return [
+        *check_urls(settings),
+        check_secret(settings),
+        check_mail_from(settings),
+        await check_database(settings),
+        await check_smtp(settings),
+        await check_redis(settings),
+    ]

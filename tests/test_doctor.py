@@ -1,0 +1,262 @@
+"""`chaser-auth doctor`: every check as a real subprocess in a fresh working directory, with the
+embedded defaults (relative `./var/...` paths, so everything lands in the test's tmp dir).
+
+Doctor changes nothing: no secret key file, no migration, no mail (SMTP only gets a NOOP).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.conftest import REDIS, Smtp, answers, free_port, require
+from tests.test_cli import base_env, cli
+
+LINE = re.compile(r"(ok|warn|FAIL) +([A-Z_]+) +(\S.*)")
+TOPICS = {"PUBLIC_URL", "APP_URL", "SECRET_KEY", "MAIL_FROM", "DATABASE", "SMTP_URL", "REDIS_URL"}
+SUMMARY_FAIL = "fix the FAIL lines above"
+SUMMARY_OK = "nothing blocks serving"
+# A key that passes the settings' own length check (MIN_SECRET_LENGTH is 32).
+GOOD_KEY = "k" * 48
+
+
+@dataclass
+class Report:
+    done: subprocess.CompletedProcess[str]
+    findings: dict[str, tuple[str, str]]  # topic -> (level, text)
+
+    def level(self, topic: str) -> str:
+        return self.findings[topic][0]
+
+    def text(self, topic: str) -> str:
+        return self.findings[topic][1]
+
+
+def doctor(tmp_path: Path, **extra: str) -> Report:
+    """Run `chaser-auth doctor` in tmp_path with the defaults plus `extra`; parse its output."""
+    done = cli("doctor", cwd=tmp_path, env=base_env(**extra))  # cli() asserts: no traceback
+    lines = done.stdout.splitlines()
+    assert lines, (done.stdout, done.stderr)
+    *body, summary = lines
+    findings: dict[str, tuple[str, str]] = {}
+    for line in body:
+        parsed = LINE.fullmatch(line)
+        assert parsed, f"not `LEVEL  TOPIC  text`: {line!r}\n{done.stdout}"
+        level, topic, text = parsed.groups()
+        assert topic not in findings, f"{topic} reported twice:\n{done.stdout}"
+        findings[topic] = (level, text)
+    assert set(findings) == TOPICS, done.stdout
+    failed = any(level == "FAIL" for level, _ in findings.values())
+    assert summary == (SUMMARY_FAIL if failed else SUMMARY_OK), done.stdout
+    assert done.returncode == (1 if failed else 0), (done.returncode, done.stdout, done.stderr)
+    return Report(done, findings)
+
+
+def sqlite_tables(path: Path) -> list[str]:
+    with sqlite3.connect(path) as connection:
+        rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        return [row[0] for row in rows]
+
+
+# -- defaults -----------------------------------------------------------------------------------
+
+
+def test_fresh_directory_fails_on_the_unmigrated_database_and_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    report = doctor(tmp_path)
+
+    assert report.done.returncode == 1
+    assert report.level("DATABASE") == "FAIL", report.done.stdout
+    assert "chaser-auth migrate" in report.text("DATABASE")
+    assert report.level("PUBLIC_URL") == "warn"
+    assert "http://localhost:8000" in report.text("PUBLIC_URL")
+    assert report.level("APP_URL") == "warn"
+    assert report.level("SMTP_URL") == "warn"
+    assert report.level("REDIS_URL") == "warn"
+    assert report.level("MAIL_FROM") == "warn"
+    assert "localhost" in report.text("MAIL_FROM")
+    assert report.level("SECRET_KEY") == "warn"
+    assert "var/secret_key" in report.text("SECRET_KEY")
+
+    # Nothing it should not have created: no secret key, no mail directory.
+    var = tmp_path / "var"
+    assert not (var / "secret_key").exists()
+    assert not list(var.glob(".secret_key*"))  # nor a half-made temporary key file
+    assert not (var / "mail").exists()
+    # Connecting to SQLite creates `var/` and the database file (the engine makes the parent
+    # directory, and the WAL switch writes the header). Acceptable only while it holds no table.
+    database = var / "chaser-auth.db"
+    assert database.exists(), "doctor is expected to create the (empty) SQLite file"
+    assert sqlite_tables(database) == []
+
+    # Running it again gives the same verdict (it did not migrate on the first run).
+    again = doctor(tmp_path)
+    assert again.level("DATABASE") == "FAIL"
+    assert sqlite_tables(database) == []
+
+
+def test_after_migrate_the_database_is_ok_and_only_warnings_remain(tmp_path: Path) -> None:
+    migrated = cli("migrate", cwd=tmp_path, env=base_env())
+    assert migrated.returncode == 0, migrated.stderr
+
+    report = doctor(tmp_path)
+
+    assert report.level("DATABASE") == "ok", report.done.stdout
+    assert report.text("DATABASE").startswith("reachable, schema at ")
+    assert {level for level, _ in report.findings.values()} == {"ok", "warn"}
+    assert report.done.returncode == 0
+    assert not (tmp_path / "var" / "secret_key").exists()
+
+
+# -- URLs ---------------------------------------------------------------------------------------
+
+
+def test_public_url_over_plain_http_elsewhere_fails_and_https_is_ok(tmp_path: Path) -> None:
+    plain = doctor(tmp_path, CHASER_AUTH_PUBLIC_URL="http://auth.example.com")
+    assert plain.level("PUBLIC_URL") == "FAIL", plain.done.stdout
+    assert "https" in plain.text("PUBLIC_URL")
+    assert "http://auth.example.com" in plain.text("PUBLIC_URL")
+    assert plain.done.returncode == 1
+
+    secure = doctor(
+        tmp_path,
+        CHASER_AUTH_PUBLIC_URL="https://auth.example.com",
+        CHASER_AUTH_APP_URL="https://app.example.com",
+    )
+    assert secure.findings["PUBLIC_URL"] == ("ok", "https://auth.example.com")
+    assert secure.findings["APP_URL"] == ("ok", "https://app.example.com")
+
+
+def test_app_url_over_plain_http_fails_and_loopback_only_warns(tmp_path: Path) -> None:
+    plain = doctor(tmp_path, CHASER_AUTH_APP_URL="http://app.example.com")
+    assert plain.level("APP_URL") == "FAIL", plain.done.stdout
+    assert "https" in plain.text("APP_URL")
+
+    for local in ("http://127.0.0.1:3000", "http://[::1]:3000", "http://app.localhost"):
+        loopback = doctor(tmp_path, CHASER_AUTH_PUBLIC_URL=local, CHASER_AUTH_APP_URL=local)
+        assert loopback.level("PUBLIC_URL") == "warn", (local, loopback.done.stdout)
+        assert loopback.level("APP_URL") == "warn", (local, loopback.done.stdout)
+
+
+# -- SMTP ---------------------------------------------------------------------------------------
+
+
+def test_smtp_that_answers_is_ok_and_gets_no_message(tmp_path: Path, smtp: Smtp) -> None:
+    report = doctor(tmp_path, CHASER_AUTH_SMTP_URL=smtp.url)
+
+    assert report.findings["SMTP_URL"] == ("ok", f"127.0.0.1:{smtp.port} answers NOOP")
+    assert smtp.sink.messages == []
+    assert smtp.sink.refused == []
+
+
+def test_smtp_where_nothing_listens_fails_with_a_reason_code(tmp_path: Path, smtp: Smtp) -> None:
+    port = free_port()
+    report = doctor(tmp_path, CHASER_AUTH_SMTP_URL=f"smtp://127.0.0.1:{port}")
+
+    assert report.level("SMTP_URL") == "FAIL", report.done.stdout
+    reason = re.fullmatch(
+        rf"127\.0\.0\.1:{port} did not accept a NOOP \((smtp_\w+)\)", report.text("SMTP_URL")
+    )
+    assert reason, report.text("SMTP_URL")
+    assert report.done.returncode == 1
+    assert smtp.sink.messages == []  # the running sink was not contacted either
+
+
+# -- Redis --------------------------------------------------------------------------------------
+
+
+def test_redis_that_answers_ping_is_ok(tmp_path: Path) -> None:
+    require(answers(REDIS, 6379), f"no Redis server at {REDIS}")
+    report = doctor(tmp_path, CHASER_AUTH_REDIS_URL=REDIS)
+
+    assert report.findings["REDIS_URL"] == ("ok", "answers PING")
+
+
+def test_redis_where_nothing_listens_fails(tmp_path: Path) -> None:
+    report = doctor(tmp_path, CHASER_AUTH_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+
+    assert report.level("REDIS_URL") == "FAIL", report.done.stdout
+    assert re.fullmatch(r"no answer to PING \(\w+\)", report.text("REDIS_URL"))
+    assert report.done.returncode == 1
+
+
+# -- the secret ---------------------------------------------------------------------------------
+
+
+def test_secret_from_the_environment_is_ok(tmp_path: Path) -> None:
+    report = doctor(tmp_path, CHASER_AUTH_SECRET_KEY=GOOD_KEY)
+
+    assert report.level("SECRET_KEY") == "ok", report.done.stdout
+    assert GOOD_KEY not in report.done.stdout  # the key itself is never printed
+    assert not (tmp_path / "var" / "secret_key").exists()
+
+
+def _key_file(tmp_path: Path, content: str, mode: int) -> Path:
+    path = tmp_path / "var" / "secret_key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    path.chmod(mode)
+    return path
+
+
+def test_secret_file_readable_by_others_fails_and_says_chmod(tmp_path: Path) -> None:
+    path = _key_file(tmp_path, GOOD_KEY + "\n", 0o644)
+
+    report = doctor(tmp_path)
+
+    assert report.level("SECRET_KEY") == "FAIL", report.done.stdout
+    assert "chmod" in report.text("SECRET_KEY")
+    assert GOOD_KEY not in report.done.stdout
+    assert report.done.returncode == 1
+    # Left as it was: doctor reports, it does not fix.
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert path.read_text() == GOOD_KEY + "\n"
+
+
+def test_secret_file_too_short_fails(tmp_path: Path) -> None:
+    path = _key_file(tmp_path, "short\n", 0o600)
+
+    report = doctor(tmp_path)
+
+    assert report.level("SECRET_KEY") == "FAIL", report.done.stdout
+    assert "fewer than 32" in report.text("SECRET_KEY")
+    assert report.done.returncode == 1
+    assert path.read_text() == "short\n"
+
+
+def test_secret_file_private_and_long_enough_is_ok(tmp_path: Path) -> None:
+    _key_file(tmp_path, GOOD_KEY + "\n", 0o600)
+
+    report = doctor(tmp_path)
+
+    assert report.level("SECRET_KEY") == "ok", report.done.stdout
+    assert GOOD_KEY not in report.done.stdout
+
+
+# -- PostgreSQL ---------------------------------------------------------------------------------
+
+
+def test_unreachable_postgresql_fails_cannot_connect(tmp_path: Path) -> None:
+    url = f"postgresql+asyncpg://postgres@127.0.0.1:{free_port()}/x"
+
+    report = doctor(tmp_path, CHASER_AUTH_DATABASE_URL=url)
+
+    assert report.level("DATABASE") == "FAIL", report.done.stdout
+    assert report.text("DATABASE").startswith("cannot use it"), report.text("DATABASE")
+    assert report.done.returncode == 1
+    assert not (tmp_path / "var").exists()  # nothing made on disk for a server database
+
+
+# -- configuration that cannot be parsed --------------------------------------------------------
+
+
+def test_unparsable_configuration_exits_2_without_a_report(tmp_path: Path) -> None:
+    done = cli("doctor", cwd=tmp_path, env=base_env(CHASER_AUTH_PUBLIC_URL="ftp://x"))
+
+    assert done.returncode == 2
+    assert "CHASER_AUTH_PUBLIC_URL" in done.stderr
+    assert done.stdout == ""
