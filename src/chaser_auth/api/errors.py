@@ -86,6 +86,14 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 404:
             return render(NotFound())
+        if exc.status_code == 400:
+            # FastAPI could not decode the body at all (not UTF-8, nested too deep): the same
+            # answer as any other body that is not JSON.
+            return render(
+                InvalidRequest(
+                    details=[{"type": "json_invalid", "message": "The body is not valid JSON."}]
+                )
+            )
         if exc.status_code == 405:
             error = MethodNotAllowed()
             error.headers = dict(exc.headers or {})
