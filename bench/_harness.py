@@ -1,23 +1,30 @@
 """Shared plumbing for the benchmarks: ports, server processes, accounts, /proc readings,
-raw HTTP/1.1 answers, the SQLite file, and the Mann-Whitney U test.
+load generation (wrk or loadgen.py), raw HTTP/1.1 answers, the SQLite file, PostgreSQL and
+Redis housekeeping, and the Mann-Whitney U test.
 
 Everything here talks to 127.0.0.1 only, and every process it starts is stopped by `stop()`
-(SIGTERM, then SIGKILL after a grace period), which the scripts call from `finally`.
+(SIGTERM, then SIGKILL after a grace period, to its whole process group), which the scripts
+call from `finally`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
+import json
 import math
 import os
+import re
+import resource
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +36,7 @@ ROOT = BENCH_DIR.parent
 VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = VENV_BIN / "python"
 CHASER = VENV_BIN / "chaser-auth"
+SEED_PATH = "/auth/password-reset/request"  # the seed endpoint
 PASSWORD = "correct horse battery staple 7"  # noqa: S105 - a throwaway bench account password
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 VOLATILE_HEADERS = {b"date", b"x-request-id"}  # differ on every answer by design
@@ -97,7 +105,12 @@ def start_server(
 
 
 def stop(server: Server | None, grace: float = 10.0) -> int | None:
-    """SIGTERM, wait up to `grace` seconds, then SIGKILL. Returns the exit code."""
+    """SIGTERM, wait up to `grace` seconds, then SIGKILL. Returns the exit code.
+
+    The server was started in a session (and process group) of its own, whose id is its pid:
+    the SIGKILL goes to that whole group, and so does one to anything of the group still alive
+    once the server itself has gone (worker processes of `serve --workers N` whose master died
+    before stopping them)."""
     if server is None:
         return None
     proc = server.proc
@@ -107,12 +120,18 @@ def stop(server: Server | None, grace: float = 10.0) -> int | None:
             try:
                 proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                _kill_group(proc.pid)
                 proc.wait(timeout=5)
+        _kill_group(proc.pid)
     finally:
         if server.log is not None:
             server.log.close()
     return proc.returncode
+
+
+def _kill_group(pgid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 def kill_quietly(proc: subprocess.Popen[Any] | None) -> None:
@@ -138,10 +157,101 @@ def peak_rss_mb(pid: int) -> float | None:
     return None
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime+stime of a live process, all of its threads, in seconds."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/<pid>/stat after the command name: fields[0] is the state, [1] the ppid."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def cpu_seconds(pid: int, reaped_children: bool = False) -> float:
+    """utime+stime of a live process, all of its threads, in seconds; with `reaped_children`
+    also the CPU time of the children it has waited for (cutime+cstime)."""
+    fields = _stat_fields(pid)
+    ticks = int(fields[11]) + int(fields[12])
+    if reaped_children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLK_TCK
+
+
+def _all_processes() -> dict[int, tuple[int, str]]:
+    """pid -> (ppid, command name) of every process visible in /proc."""
+    table: dict[int, tuple[int, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            text = (entry / "stat").read_text()
+            name = text[text.index("(") + 1 : text.rindex(")")]
+            table[int(entry.name)] = (int(text.rsplit(")", 1)[1].split()[1]), name)
+    return table
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and all of its live descendants (children, their children, ...)."""
+    children: dict[int, list[int]] = {}
+    for child, (parent, _) in _all_processes().items():
+        children.setdefault(parent, []).append(child)
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def tree_cpu_by_pid(pid: int) -> dict[int, float]:
+    """CPU seconds of `pid` and of each of its live descendants, by pid."""
+    readings: dict[int, float] = {}
+    for member in process_tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            readings[member] = cpu_seconds(member)
+    return readings
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of `pid` and its live descendants (processes gone meanwhile count 0)."""
+    return sum(tree_cpu_by_pid(pid).values())
+
+
+def tree_peak_rss_mb(pid: int) -> tuple[float | None, int]:
+    """(sum of VmHWM over `pid` and its live descendants in MB, how many processes). Pages
+    that processes share (libraries, copy-on-write) count once per process, so this is an
+    upper bound of what the tree needs."""
+    readings = [peak_rss_mb(member) for member in process_tree(pid)]
+    found = [mb for mb in readings if mb is not None]
+    return (sum(found) if found else None), len(found)
+
+
+def command_cpu_seconds(name: str) -> float:
+    """CPU seconds of every live process whose command name is `name` (e.g. "postgres"),
+    plus what the top ones of them (whose parent is not `name`) have reaped from exited
+    children — so a PostgreSQL backend that ended between two readings still counts."""
+    table = _all_processes()
+    total = 0.0
+    for pid, (parent, comm) in table.items():
+        if comm != name:
+            continue
+        top = table.get(parent, (0, ""))[1] != name
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += cpu_seconds(pid, reaped_children=top)
+    return total
+
+
+def system_busy_s() -> float:
+    """Busy CPU seconds of the whole machine (all CPUs) since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return (sum(values[:8]) - idle) / CLK_TCK
+
+
+def wait_for_log(path: Path, text: str, count: int, timeout: float) -> bool:
+    """Wait until `text` occurs at least `count` times in the file at `path`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if path.read_text(errors="replace").count(text) >= count:
+                return True
+        time.sleep(0.1)
+    return False
 
 
 def chaser_env(workdir: Path, **extra: str) -> dict[str, str]:
@@ -280,6 +390,284 @@ def create_accounts_in_one_process(
     if done.returncode != 0:
         raise RuntimeError(f"creating accounts failed: {done.stderr.decode(errors='replace')}")
     return int(done.stdout.split()[-1]), time.monotonic() - started
+
+
+# --- load generation -----------------------------------------------------------------------
+
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class Load:
+    """How every load-generator run of one bench run is made."""
+
+    connections: int
+    duration: float  # measured seconds
+    warmup: float  # unmeasured seconds before, a separate generator run
+    use_wrk: bool  # wrk (a Lua script for the POST bodies), else bench/loadgen.py
+    max_requests: int = 300_000  # loadgen.py's cap per run
+    path: str = SEED_PATH
+
+    @property
+    def generator(self) -> str:
+        return "wrk" if self.use_wrk else "bench/loadgen.py"
+
+
+def wrk_available(no_wrk: bool = False) -> bool:
+    return not no_wrk and shutil.which("wrk") is not None
+
+
+@dataclass
+class Result:
+    variant: str
+    rps: float = NAN
+    p50_ms: float = NAN
+    p99_ms: float = NAN
+    non2xx: int = 0
+    errors: int = 0
+    requests: int = 0
+    rss_mb: float | None = None  # peak RSS (VmHWM), summed over the server's processes
+    processes: int = 0  # how many processes that sum is over
+    server_cpu: float = NAN  # % of one core, over the measured run, all server processes
+    process_cpu: dict[int, float] = field(default_factory=dict)  # the same, by server pid
+    gen_cpu: float = NAN
+    other_cpu: float = NAN  # everything else on the machine, % of one core
+    probe_cpu: dict[str, float] = field(default_factory=dict)  # named extra readings, %
+    cpu_ms_per_req: float = NAN  # server CPU time / requests answered
+    notes: list[str] = field(default_factory=list)
+
+
+def wrk_script(bodies: list[str], path: Path) -> None:
+    lines = ",\n".join("  [==[" + b + "]==]" for b in bodies)
+    path.write_text(
+        f"""local bodies = {{
+{lines}
+}}
+local i = 0
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+request = function()
+  i = i + 1
+  if i > #bodies then i = 1 end
+  return wrk.format(nil, nil, nil, bodies[i])
+end
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'RESULT {{"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,'
+    .. '"status":%d,"timeout":%d,"p50_us":%d,"p99_us":%d}}\\n',
+    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+"""
+    )
+
+
+def run_generator(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
+    """Run a load generator to its end (killed after `timeout_s`). Its CPU time shows up in
+    RUSAGE_CHILDREN once it has been reaped, which `drive` reads before and after."""
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    finally:
+        kill_quietly(proc)
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def generate(
+    port: int, body_file: Path, script: Path | None, load: Load, seconds: float
+) -> dict[str, Any]:
+    """One run of the load generator for `seconds`: wrk if `script`, else bench/loadgen.py.
+    Returns requests/s, p50/p99 in ms, non-2xx and error counts, and a name."""
+    if script is not None:
+        url = f"http://{HOST}:{port}{load.path}"
+        argv = ["wrk", "-t1", f"-c{load.connections}", "--timeout", "10s", "-s", str(script)]
+        done = run_generator([*argv, f"-d{seconds:g}s", url], seconds + 15)
+        match = re.search(r"^RESULT (\{.*\})$", done.stdout, re.MULTILINE)
+        if done.returncode != 0 or match is None:
+            raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}\n{done.stderr}")
+        wrk = json.loads(match.group(1))
+        errors = {k: wrk[k] for k in ("connect", "read", "write", "timeout") if wrk[k]}
+        return {
+            "generator": "wrk -t1 (Lua POST bodies)",
+            "requests": wrk["requests"],
+            "rps": wrk["requests"] / (wrk["duration_us"] / 1e6),
+            "p50_ms": wrk["p50_us"] / 1000,
+            "p99_ms": wrk["p99_us"] / 1000,
+            "non2xx": wrk["status"],  # wrk counts statuses >= 400 here
+            "errors": sum(errors.values()),
+            "error_kinds": errors,
+            "statuses": {},
+        }
+    argv = [
+        str(PYTHON),
+        str(BENCH_DIR / "loadgen.py"),
+        *("--port", str(port), "--path", load.path, "--bodies", str(body_file)),
+        *("--connections", str(load.connections), "--duration", str(seconds), "--warmup", "0"),
+        *("--max-requests", str(load.max_requests)),
+    ]
+    done = run_generator(argv, seconds + 20)
+    if done.returncode != 0:
+        raise RuntimeError(f"loadgen failed ({done.returncode}): {done.stderr}")
+    data: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return data
+
+
+def drive(
+    server: Server,
+    bodies: list[str],
+    load: Load,
+    workdir: Path,
+    label: str,
+    probes: Mapping[str, Callable[[], float]] | None = None,
+) -> Result:
+    """Warm up (one unmeasured generator run), then load the server for `load.duration` s
+    with a second run. CPU is read around the measured run only: the server's (its process
+    and all its descendants), the generator's, each of `probes` (name -> CPU seconds so far,
+    e.g. `command_cpu_seconds("postgres")`), and the rest of the machine's."""
+    probes = probes or {}
+    result = Result(label)
+    slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+    body_file = workdir / f"bodies-{slug}.txt"
+    body_file.write_text("\n".join(bodies) + "\n")
+    script: Path | None = None
+    if load.use_wrk:
+        script = workdir / f"post-{slug}.lua"
+        wrk_script(bodies, script)
+
+    if load.warmup > 0:
+        generate(server.port, body_file, script, load, load.warmup)
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_cpu0 = tree_cpu_by_pid(server.pid)
+    probes0 = {name: probe() for name, probe in probes.items()}
+    busy0 = system_busy_s()
+    wall0 = time.monotonic()
+    data = generate(server.port, body_file, script, load, load.duration)
+    wall = time.monotonic() - wall0
+    busy1 = system_busy_s()
+    probed = {name: probe() - probes0[name] for name, probe in probes.items()}
+    server_cpu1 = tree_cpu_by_pid(server.pid)
+    server_cpu = sum(server_cpu1.values()) - sum(server_cpu0.values())
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    gen_cpu = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
+
+    result.rps = data["rps"]
+    result.p50_ms = data["p50_ms"]
+    result.p99_ms = data["p99_ms"]
+    result.non2xx = data["non2xx"]
+    result.errors = data["errors"]
+    result.requests = data["requests"]
+    result.server_cpu = 100 * server_cpu / wall
+    result.process_cpu = {
+        member: 100 * (seconds - server_cpu0.get(member, 0.0)) / wall
+        for member, seconds in server_cpu1.items()
+    }
+    result.gen_cpu = 100 * gen_cpu / wall
+    result.probe_cpu = {name: 100 * seconds / wall for name, seconds in probed.items()}
+    others = (busy1 - busy0) - server_cpu - gen_cpu - sum(probed.values())
+    result.other_cpu = 100 * max(0.0, others) / wall
+    result.cpu_ms_per_req = 1000 * server_cpu / data["requests"] if data["requests"] else NAN
+    result.rss_mb, result.processes = tree_peak_rss_mb(server.pid)
+    result.notes.append(f"generator: {data['generator']}, a separate process")
+    if data["error_kinds"]:
+        result.notes.append(f"generator errors: {data['error_kinds']}")
+    if data["non2xx"] and data["statuses"]:
+        result.notes.append(f"statuses: {data['statuses']}")
+    return result
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None or value != value else format(value, spec)  # NaN check
+
+
+# --- PostgreSQL and Redis housekeeping (127.0.0.1 only) ------------------------------------
+
+PG_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")  # what the benches name their databases
+
+
+def pg_url(database: str, driver: str = "postgresql+asyncpg") -> str:
+    """The URL of one database on the local server (trust auth, user postgres), by default as
+    chaser-auth's setting takes it."""
+    return f"{driver}://postgres@{HOST}:5432/{database}"
+
+
+def _pg_ident(name: str) -> str:
+    if not PG_NAME.fullmatch(name):
+        raise ValueError(f"not a bench database name: {name!r}")
+    return f'"{name}"'
+
+
+async def _pg(database: str, sql: str, args: Sequence[object]) -> list[tuple[Any, ...]]:
+    import asyncpg  # type: ignore[import-untyped]  # a project dependency, no stubs
+
+    connection = await asyncpg.connect(pg_url(database, "postgresql"), timeout=10)
+    try:
+        return [tuple(row) for row in await connection.fetch(sql, *args)]
+    finally:
+        await connection.close()
+
+
+def pg_query(database: str, sql: str, *args: object) -> list[tuple[Any, ...]]:
+    """All rows of one statement on `database` (asyncpg, a fresh connection; `$1`... are
+    `args`). PostgreSQL counts it as two transactions of `database` (prepare, execute)."""
+    return asyncio.run(_pg(database, sql, args))
+
+
+def pg_create_database(name: str, template: str | None = None) -> None:
+    """CREATE DATABASE `name` [TEMPLATE `template`] (nobody may be connected to the template)."""
+    sql = f"CREATE DATABASE {_pg_ident(name)}"
+    if template is not None:
+        sql += f" TEMPLATE {_pg_ident(template)}"
+    pg_query("postgres", sql)
+
+
+def pg_drop_database(name: str) -> None:
+    """DROP DATABASE IF EXISTS `name` WITH (FORCE): ends its sessions first."""
+    pg_query("postgres", f"DROP DATABASE IF EXISTS {_pg_ident(name)} WITH (FORCE)")
+
+
+def pg_outbox_counts(database: str) -> dict[str, int]:
+    """Outbox rows by status."""
+    rows = pg_query(database, "SELECT status, count(*) FROM outbox GROUP BY status")
+    return {str(status): int(count) for status, count in sorted(rows)}
+
+
+def pg_transactions(database: str, settle_s: float = 10.0) -> tuple[int, int] | None:
+    """(commits, rollbacks) PostgreSQL has counted in `database`, once no session is connected
+    to it any more (a backend flushes its counts when it exits; until then they may lag by up
+    to 10 s); None if sessions remain after `settle_s`. Asked through the `postgres` database,
+    so the question itself is not counted."""
+    _pg_ident(database)
+    deadline = time.monotonic() + settle_s
+    sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = $1"
+    while pg_query("postgres", sessions, database)[0][0]:
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.1)
+    time.sleep(0.2)  # the last backend's counts reach the shared statistics as it exits
+    rows = pg_query(
+        "postgres",
+        "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = $1",
+        database,
+    )
+    return (int(rows[0][0]), int(rows[0][1])) if rows else None
+
+
+def redis_delete_prefix(url: str, prefix: str) -> int:
+    """Delete every key named `prefix:...` (the `limits` library's key format) in the Redis at
+    `url`; returns how many. Refuses prefixes with glob characters."""
+    import redis
+
+    if not prefix or any(c in prefix for c in "*?[]\\"):
+        raise ValueError(f"not a plain key prefix: {prefix!r}")
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+        return len(keys)
+    finally:
+        client.close()
 
 
 def read_response(sock: socket.socket, buffer: bytearray) -> tuple[bytes, bytes]:

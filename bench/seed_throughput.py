@@ -25,189 +25,37 @@ import json
 import os
 import random
 import re
-import resource
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from _harness import (
     BENCH_DIR,
     HOST,
     PYTHON,
+    Load,
+    Result,
     Server,
     chaser_env,
     clean_env,
-    cpu_seconds,
     create_accounts,
+    drive,
+    fmt,
     free_port,
-    kill_quietly,
     log_problems,
     outbox_counts,
-    peak_rss_mb,
     start_chaser,
     start_server,
     stop,
     uvicorn_impl,
+    wrk_available,
 )
 
-PATH = "/auth/password-reset/request"
 MAX_PHASE_S = 10.0
 NAN = float("nan")
-
-
-@dataclass
-class Result:
-    variant: str
-    rps: float = NAN
-    p50_ms: float = NAN
-    p99_ms: float = NAN
-    non2xx: int = 0
-    errors: int = 0
-    rss_mb: float | None = None
-    server_cpu: float = NAN  # % of one core, over the measured run
-    gen_cpu: float = NAN
-    other_cpu: float = NAN  # everything else on the machine, % of one core
-    cpu_ms_per_req: float = NAN  # server CPU time / requests answered
-    notes: list[str] = field(default_factory=list)
-
-
-def system_busy_s() -> float:
-    """Busy CPU seconds of the whole machine (all CPUs) since boot, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def wrk_script(bodies: list[str], path: Path) -> None:
-    lines = ",\n".join("  [==[" + b + "]==]" for b in bodies)
-    path.write_text(
-        f"""local bodies = {{
-{lines}
-}}
-local i = 0
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-request = function()
-  i = i + 1
-  if i > #bodies then i = 1 end
-  return wrk.format(nil, nil, nil, bodies[i])
-end
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    'RESULT {{"requests":%d,"duration_us":%d,"connect":%d,"read":%d,"write":%d,'
-    .. '"status":%d,"timeout":%d,"p50_us":%d,"p99_us":%d}}\\n',
-    summary.requests, summary.duration, e.connect, e.read, e.write, e.status, e.timeout,
-    latency:percentile(50), latency:percentile(99)))
-end
-"""
-    )
-
-
-def run_generator(argv: list[str], timeout_s: float) -> subprocess.CompletedProcess[str]:
-    """Run a load generator to its end (killed after `timeout_s`). Its CPU time shows up in
-    RUSAGE_CHILDREN once it has been reaped, which `drive` reads before and after."""
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    finally:
-        kill_quietly(proc)
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
-
-
-def generate(
-    port: int, body_file: Path, script: Path | None, args: argparse.Namespace, seconds: float
-) -> dict[str, Any]:
-    """One run of the load generator for `seconds`: wrk if `script`, else bench/loadgen.py.
-    Returns requests/s, p50/p99 in ms, non-2xx and error counts, and a name."""
-    if script is not None:
-        url = f"http://{HOST}:{port}{PATH}"
-        argv = ["wrk", "-t1", f"-c{args.connections}", "--timeout", "10s", "-s", str(script)]
-        done = run_generator([*argv, f"-d{seconds:g}s", url], seconds + 15)
-        match = re.search(r"^RESULT (\{.*\})$", done.stdout, re.MULTILINE)
-        if done.returncode != 0 or match is None:
-            raise RuntimeError(f"wrk failed ({done.returncode}): {done.stdout}\n{done.stderr}")
-        data = json.loads(match.group(1))
-        errors = {k: data[k] for k in ("connect", "read", "write", "timeout") if data[k]}
-        return {
-            "generator": "wrk -t1 (Lua POST bodies)",
-            "requests": data["requests"],
-            "rps": data["requests"] / (data["duration_us"] / 1e6),
-            "p50_ms": data["p50_us"] / 1000,
-            "p99_ms": data["p99_us"] / 1000,
-            "non2xx": data["status"],  # wrk counts statuses >= 400 here
-            "errors": sum(errors.values()),
-            "error_kinds": errors,
-            "statuses": {},
-        }
-    argv = [
-        str(PYTHON),
-        str(BENCH_DIR / "loadgen.py"),
-        *("--port", str(port), "--path", PATH, "--bodies", str(body_file)),
-        *("--connections", str(args.connections), "--duration", str(seconds), "--warmup", "0"),
-        *("--max-requests", str(args.max_requests)),
-    ]
-    done = run_generator(argv, seconds + 20)
-    if done.returncode != 0:
-        raise RuntimeError(f"loadgen failed ({done.returncode}): {done.stderr}")
-    data: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return data
-
-
-def drive(
-    server: Server, bodies: list[str], args: argparse.Namespace, workdir: Path, label: str
-) -> Result:
-    """Warm up (one unmeasured generator run), then load the server for `args.duration` s
-    with a second run; CPU of server, generator and the rest of the machine is read around
-    the measured run only."""
-    result = Result(label)
-    slug = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
-    body_file = workdir / f"bodies-{slug}.txt"
-    body_file.write_text("\n".join(bodies) + "\n")
-    script: Path | None = None
-    if shutil.which("wrk") is not None and not args.no_wrk:
-        script = workdir / f"post-{slug}.lua"
-        wrk_script(bodies, script)
-
-    if args.warmup > 0:
-        generate(server.port, body_file, script, args, args.warmup)
-    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    server_cpu0 = cpu_seconds(server.pid)
-    busy0 = system_busy_s()
-    wall0 = time.monotonic()
-    data = generate(server.port, body_file, script, args, args.duration)
-    wall = time.monotonic() - wall0
-    busy1 = system_busy_s()
-    server_cpu = cpu_seconds(server.pid) - server_cpu0
-    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    gen_cpu = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
-
-    result.rps = data["rps"]
-    result.p50_ms = data["p50_ms"]
-    result.p99_ms = data["p99_ms"]
-    result.non2xx = data["non2xx"]
-    result.errors = data["errors"]
-    result.server_cpu = 100 * server_cpu / wall
-    result.gen_cpu = 100 * gen_cpu / wall
-    result.other_cpu = 100 * max(0.0, (busy1 - busy0) - server_cpu - gen_cpu) / wall
-    result.cpu_ms_per_req = 1000 * server_cpu / data["requests"] if data["requests"] else NAN
-    result.rss_mb = peak_rss_mb(server.pid)
-    result.notes.append(f"generator: {data['generator']}, a separate process")
-    if data["error_kinds"]:
-        result.notes.append(f"generator errors: {data['error_kinds']}")
-    if data["non2xx"] and data["statuses"]:
-        result.notes.append(f"statuses: {data['statuses']}")
-    return result
-
-
-def fmt(value: float | None, spec: str) -> str:
-    return "n/a" if value is None or value != value else format(value, spec)  # NaN check
 
 
 def print_table(results: list[Result], ceiling: float) -> None:
@@ -238,6 +86,7 @@ def chaser_phase(
     root: Path,
     bodies: list[str],
     args: argparse.Namespace,
+    load: Load,
     serve_args: tuple[str, ...] = (),
     **env_extra: str,
 ) -> Result:
@@ -247,7 +96,7 @@ def chaser_phase(
     server: Server | None = None
     try:
         server = start_chaser(label, workdir, chaser_env(workdir, **env_extra), serve_args)
-        result = drive(server, bodies, args, workdir, label)
+        result = drive(server, bodies, load, workdir, label)
         counts = outbox_counts(workdir)
         time.sleep(args.drain_window)  # no load now: how fast does the worker catch up?
         later = outbox_counts(workdir)
@@ -304,10 +153,12 @@ def main() -> int:
     unknown = [f"nobody-{rng.getrandbits(48):012x}@example.net" for _ in range(10_000)]
     unknown_bodies = [json.dumps({"email": e}) for e in unknown]
     root = Path(tempfile.mkdtemp(prefix="chaser-bench-"))
-    generator = "wrk" if shutil.which("wrk") and not args.no_wrk else "bench/loadgen.py"
+    load = Load(
+        args.connections, args.duration, args.warmup, wrk_available(args.no_wrk), args.max_requests
+    )
     print(
         f"seed throughput on {HOST}: {args.connections} connections, {args.warmup:g} s warm-up "
-        f"+ {args.duration:g} s measured per variant, generator {generator}, uvicorn "
+        f"+ {args.duration:g} s measured per variant, generator {load.generator}, uvicorn "
         f"{uvicorn_impl()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}",
         flush=True,
     )
@@ -325,7 +176,7 @@ def main() -> int:
                 clean_env(),
                 root / "ceiling.log",
             )
-            results.append(drive(ceiling, unknown_bodies, args, root, "ceiling (bare Starlette)"))
+            results.append(drive(ceiling, unknown_bodies, load, root, "ceiling (bare Starlette)"))
         finally:
             stop(ceiling)
         print(f"  ceiling done at {time.monotonic() - started:.0f} s", flush=True)
@@ -370,7 +221,7 @@ def main() -> int:
             ]
         for label, bodies, serve_args, env_extra in variants:
             results.append(
-                chaser_phase(label, template, root, bodies, args, serve_args, **env_extra)
+                chaser_phase(label, template, root, bodies, args, load, serve_args, **env_extra)
             )
             print(f"  {label} done at {time.monotonic() - started:.0f} s", flush=True)
 
