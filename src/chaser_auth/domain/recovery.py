@@ -39,12 +39,23 @@ def may_receive_reset(user: User | None) -> bool:
 
 
 @dataclass(frozen=True)
+class Note:
+    """An audit event the worker records in the same transaction that finishes the row, so a
+    request that needs no mail costs one commit, not one per event."""
+
+    event: str
+    user_id: uuid.UUID | None = None
+    subject: str | None = None
+
+
+@dataclass(frozen=True)
 class Letter:
     """What the worker should send: a template, the stored address, the template's context."""
 
     template: str
     to: str
     context: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[Note, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,7 @@ class Skip:
     """Nothing to send; `outcome` is recorded on the outbox row."""
 
     outcome: str
+    notes: tuple[Note, ...] = ()
 
 
 class AddressLimit(Protocol):
@@ -103,24 +115,24 @@ class RecoveryService:
         raw = str((job.payload or {}).get("email", ""))
         key = address_key(raw)
         subject = self.subject(raw)
-        async with self.store.tx() as tx:
+        async with self.store.tx() as tx:  # reads only: nothing to commit
             user = await tx.users.by_key(key) if key else None
-            await tx.audit.record(
-                "reset_requested", now, user_id=user.id if user else None, subject=subject
-            )
+        requested = Note("reset_requested", user.id if user else None, subject)
         # The limit is asked outside any transaction: on SQLite an open write transaction
         # would hold the request path's inserts while Redis answers.
         if user is None or not may_receive_reset(user):
             if not (self.notify_unknown and key and user is None):
-                return Skip("no_account")
+                return Skip("no_account", (requested,))
             if not await limit.allow(subject):
-                return Skip("suppressed")
-            return Letter("reset_unknown", stored_form(raw), {"public_url": self.public_url})
+                return Skip("suppressed", (requested,))
+            return Letter(
+                "reset_unknown", stored_form(raw), {"public_url": self.public_url}, (requested,)
+            )
         if not await limit.allow(subject):
-            async with self.store.tx() as tx:
-                await tx.audit.record("reset_suppressed", now, user_id=user.id, subject=subject)
-            return Skip("suppressed")
+            suppressed = Note("reset_suppressed", user.id, subject)
+            return Skip("suppressed", (requested, suppressed))
         async with self.store.tx() as tx:
+            await tx.audit.record(requested.event, now, user_id=user.id, subject=subject)
             token = await self._mint(tx, user, job.id, now, event="reset_token_issued")
         return self._reset_letter(user, token)
 

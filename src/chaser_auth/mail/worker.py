@@ -20,7 +20,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
 from limits import RateLimitItem
@@ -31,6 +31,7 @@ from chaser_auth.domain.recovery import (
     PASSWORD_CHANGED,
     RESET_REQUEST,
     Letter,
+    Note,
     RecoveryService,
     Skip,
 )
@@ -161,7 +162,7 @@ class Worker:
                 return
             plan = await handler(job)
             if isinstance(plan, Skip):
-                await self._finish(job, plan.outcome)
+                await self._finish(job, plan.outcome, plan.notes)
                 return
             if self.mail_rate is not None and not await self._within_mail_rate(job, self.mail_rate):
                 return
@@ -177,7 +178,7 @@ class Worker:
             log.error("delivery of %s failed unexpectedly: %s", job.id, type(exc).__name__)
             await self._fail(job, f"error_{type(exc).__name__}", permanent=False)
             return
-        await self._finish(job, "sent")
+        await self._finish(job, "sent", plan.notes)
 
     async def _within_mail_rate(self, job: OutboxMessage, rate: RateLimitItem) -> bool:
         verdict = await self.limiter.hit(rate, "mail-rate", "all")
@@ -190,10 +191,12 @@ class Worker:
             await tx.outbox.retry_later(job.id, at, "mail_rate", refund=True)
         return False
 
-    async def _finish(self, job: OutboxMessage, outcome: str) -> None:
+    async def _finish(self, job: OutboxMessage, outcome: str, notes: Sequence[Note] = ()) -> None:
         now = self.clock()
         async with self.store.tx() as tx:
             await tx.outbox.finish(job.id, outcome, now)
+            for note in notes:
+                await tx.audit.record(note.event, now, user_id=note.user_id, subject=note.subject)
             if outcome == "sent":
                 await tx.audit.record(
                     "mail_sent", now, user_id=job.user_id, detail={"kind": job.kind}
