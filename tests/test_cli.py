@@ -668,4 +668,4 @@ def test_serve_with_two_processes_on_one_sqlite_file_sends_each_mail_once(
     assert len(ids) == len(set(ids)) == 2 * len(addresses)  # none lost, none sent twice
     # Without Redis the start-up log says how the limits behave across the processes.
     log = (tmp_path / "serve.log").read_text(encoding="utf-8")
-    assert "each of the 2 processes counts rate limits in its own memory" in log
+    assert "each of the 2 processes counts the per-IP, login and sign-up limits in its own" in log

@@ -236,8 +236,9 @@ def serve(settings: Settings, host: str, port: int, workers: int, embedded_worke
         log.info("rate limits are shared through Redis (CHASER_AUTH_REDIS_URL)")
     elif workers > 1:
         log.warning(
-            "no CHASER_AUTH_REDIS_URL: each of the %d processes counts rate limits in its own "
-            "memory, so every limit holds per process — up to %d times it in sum; set "
+            "no CHASER_AUTH_REDIS_URL: each of the %d processes counts the per-IP, login and "
+            "sign-up limits in its own memory, so each holds per process — up to %d times it in "
+            "sum (the per-address mail limit is kept in the database and holds in sum); set "
             "CHASER_AUTH_REDIS_URL to share them",
             workers,
             workers,

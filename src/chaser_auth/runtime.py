@@ -10,12 +10,12 @@ from chaser_auth.config import Settings, load_secret_key
 from chaser_auth.domain.accounts import AccountService
 from chaser_auth.domain.clock import Clock, utcnow
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
-from chaser_auth.domain.recovery import RecoveryService
+from chaser_auth.domain.recovery import AddressLimit, RecoveryService
 from chaser_auth.domain.registration import RegistrationService
 from chaser_auth.domain.sessions import SessionService
 from chaser_auth.mail.messages import Renderer
 from chaser_auth.mail.transport import FileTransport, MailTransport, SmtpTransport
-from chaser_auth.mail.worker import PerAddressLimit, Worker
+from chaser_auth.mail.worker import PerAddressLimit, StoredAddressLimit, Worker
 from chaser_auth.ratelimit import Limiter
 from chaser_auth.store.engine import create_engine
 from chaser_auth.store.intake import OutboxIntake
@@ -106,7 +106,7 @@ class Runtime:
             registration=self.registration,
             renderer=Renderer(s.mail_from, s.templates_dir),
             transport=transport or make_transport(s),
-            address_limit=PerAddressLimit(self.limiter, s.limit("rate_limit_reset_per_address")),
+            address_limit=self._address_limit(),
             limiter=self.limiter,
             mail_rate=s.limit("mail_rate") if s.mail_rate else None,
             max_attempts=s.mail_max_attempts,
@@ -116,14 +116,28 @@ class Runtime:
             poll_interval=s.worker_poll_interval,
             wake=self.wake,
             listener=listener,
-            housekeeping=self.audit_retention,
+            housekeeping=self.housekeeping,
         )
+
+    def _address_limit(self) -> AddressLimit:
+        item = self.settings.limit("rate_limit_reset_per_address")
+        if self.settings.redis_url:
+            return PerAddressLimit(self.limiter, item)
+        return StoredAddressLimit(self.store, self.clock, item)
 
     async def audit_retention(self) -> int:
         """Delete audit events older than CHASER_AUTH_AUDIT_RETENTION_DAYS; how many went."""
         before = self.clock() - timedelta(days=self.settings.audit_retention_days)
         async with self.store.tx() as tx:
             return await tx.audit.purge(before)
+
+    async def housekeeping(self) -> None:
+        """The worker's hourly chores: audit retention, and limit hits past their window."""
+        await self.audit_retention()
+        window = self.settings.limit("rate_limit_reset_per_address").get_expiry()
+        before = self.clock() - timedelta(seconds=max(window, 86400))
+        async with self.store.tx() as tx:
+            await tx.limit_hits.purge(before)
 
     async def close(self) -> None:
         await self.recovery.intake.close()

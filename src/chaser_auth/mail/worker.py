@@ -30,6 +30,7 @@ from chaser_auth.domain.clock import Clock
 from chaser_auth.domain.recovery import (
     PASSWORD_CHANGED,
     RESET_REQUEST,
+    AddressLimit,
     Letter,
     Note,
     RecoveryService,
@@ -63,6 +64,28 @@ class PerAddressLimit:
         return allowed
 
 
+class StoredAddressLimit:
+    """`recovery.AddressLimit` kept in the database, used when no Redis is configured: the
+    allowance then survives restarts and is shared by every `serve` and `worker` process on the
+    database, where a process's memory would start from zero each time."""
+
+    def __init__(self, store: Store, clock: Clock, item: RateLimitItem) -> None:
+        self.store = store
+        self.clock = clock
+        self.item = item
+
+    async def allow(self, subject: str) -> bool:
+        now = self.clock()
+        since = now - timedelta(seconds=self.item.get_expiry())
+        async with self.store.tx() as tx:
+            allowed = await tx.limit_hits.take(
+                "reset-address", subject, self.item.amount, since, now
+            )
+        if not allowed:
+            metrics.LIMITED.labels("address").inc()
+        return allowed
+
+
 class Worker:
     def __init__(
         self,
@@ -73,7 +96,7 @@ class Worker:
         registration: RegistrationService,
         renderer: Renderer,
         transport: MailTransport,
-        address_limit: PerAddressLimit,
+        address_limit: AddressLimit,
         limiter: Limiter,
         mail_rate: RateLimitItem | None,
         max_attempts: int,

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from chaser_auth.store.notify import CHANNEL
 from chaser_auth.store.tables import (
     AuditEvent,
+    LimitHit,
     LinkToken,
     OutboxMessage,
     ResetToken,
@@ -377,6 +378,33 @@ class Audit:
         return _rowcount(result)
 
 
+@dataclass
+class LimitHits:
+    db: AsyncSession
+
+    async def take(self, scope: str, key: str, amount: int, since: datetime, now: datetime) -> bool:
+        """Count one hit if fewer than `amount` happened since `since`; True if counted. Run it
+        in its own transaction: on SQLite BEGIN IMMEDIATE makes count-then-insert atomic; on
+        PostgreSQL an advisory lock on the key does."""
+        if self.db.get_bind().dialect.name == "postgresql":
+            await self.db.execute(
+                text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"{scope}:{key}"}
+            )
+        used = await self.db.scalar(
+            select(func.count())
+            .select_from(LimitHit)
+            .where(LimitHit.scope == scope, LimitHit.key == key, LimitHit.at > since)
+        )
+        if int(used or 0) >= amount:
+            return False
+        self.db.add(LimitHit(scope=scope, key=key, at=now))
+        return True
+
+    async def purge(self, before: datetime) -> int:
+        result = await self.db.execute(delete(LimitHit).where(LimitHit.at < before))
+        return _rowcount(result)
+
+
 class Tx:
     def __init__(self, db: AsyncSession) -> None:
         self.db = db
@@ -386,6 +414,7 @@ class Tx:
         self.verify_tokens = LinkTokens(db, VerifyToken)
         self.outbox = Outbox(db)
         self.audit = Audit(db)
+        self.limit_hits = LimitHits(db)
 
 
 class Store:

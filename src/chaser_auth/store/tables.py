@@ -114,6 +114,19 @@ class OutboxMessage(Base):
     last_error: Mapped[str | None] = mapped_column(String(200))
 
 
+class LimitHit(Base):
+    """One counted event of a limit kept in the database (the per-address mail limit when no
+    Redis is configured): it survives restarts and is shared by every process on the file."""
+
+    __tablename__ = "limit_hits"
+    __table_args__ = (Index("ix_limit_hits_scope_key_at", "scope", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    scope: Mapped[str] = mapped_column(String(32))
+    key: Mapped[str] = mapped_column(String(64))
+    at: Mapped[datetime]
+
+
 class AuditEvent(Base):
     __tablename__ = "audit_events"
 
