@@ -91,7 +91,13 @@ def install(app: FastAPI) -> None:
             # answer as any other body that is not JSON.
             return render(
                 InvalidRequest(
-                    details=[{"type": "json_invalid", "message": "The body is not valid JSON."}]
+                    details=[
+                        {
+                            "field": None,
+                            "type": "json_invalid",
+                            "message": "The body is not valid JSON.",
+                        }
+                    ]
                 )
             )
         if exc.status_code == 405:

@@ -47,7 +47,7 @@ from chaser_auth.store.tables import OutboxMessage
 log = logging.getLogger("chaser_auth.worker")
 
 BATCH = 16
-HOUSEKEEPING_INTERVAL = 3600.0  # seconds between audit-retention runs
+HOUSEKEEPING_INTERVAL = 3600.0  # seconds between chores: audit retention, old limit hits
 
 
 class PerAddressLimit:
@@ -150,7 +150,7 @@ class Worker:
         log.info("delivery worker stopped")
 
     async def _housekeep(self) -> None:
-        """Hourly chores (audit retention); a failure waits for the next hour."""
+        """Hourly chores (audit retention, old limit hits); a failure waits for the next hour."""
         if self.housekeeping is None or time.monotonic() < self._next_housekeeping:
             return
         self._next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
