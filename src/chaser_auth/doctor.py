@@ -135,7 +135,10 @@ async def check_smtp(settings: Settings) -> Finding:
 async def check_redis(settings: Settings) -> Finding:
     if not settings.redis_url:
         return Finding(
-            WARN, "REDIS_URL", "not set: rate limits count per process (fine for one process)"
+            WARN,
+            "REDIS_URL",
+            "not set: per-IP, login and sign-up limits count per process (fine for one "
+            "process); the per-address mail limit is kept in the database",
         )
     client = redis.asyncio.Redis.from_url(
         settings.redis_url, socket_timeout=2, socket_connect_timeout=2
