@@ -317,7 +317,8 @@ class Served:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             async with self.runtime.store.tx() as tx:
-                if await tx.outbox.depth() == 0:
+                waiting, _, _ = await tx.outbox.stats()
+                if waiting == 0:
                     return
             await asyncio.sleep(0.02)
         raise AssertionError("the outbox did not drain")

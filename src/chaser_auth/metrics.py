@@ -16,7 +16,6 @@ import os
 from datetime import datetime
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     REGISTRY,
     CollectorRegistry,
     Counter,
@@ -77,6 +76,3 @@ def render(outbox_depth: int, oldest_queued: datetime | None, dead: int, now: da
         "chaser_auth_outbox_dead", "Dead letters (see `chaser-auth outbox list`).", registry=outbox
     ).set(dead)
     return generate_latest(counted) + generate_latest(outbox)
-
-
-CONTENT_TYPE = CONTENT_TYPE_LATEST

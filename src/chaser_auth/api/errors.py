@@ -109,21 +109,17 @@ def install(app: FastAPI) -> None:
         response.status_code = exc.status_code
         return response
 
-    async def _database_down(request: Request, exc: Exception) -> JSONResponse:
-        # Database unreachable or locked past the busy timeout: a clear 503 the client may
-        # retry, never a 500 (SPEC §2: no trace for anything but our own bugs).
+    async def _database_down(_: Request, exc: Exception) -> JSONResponse:
+        # Database unreachable, full, or locked past the busy timeout: a clear 503 the client
+        # may retry, never a 500 (SPEC §2: no trace for anything but our own bugs).
+        if isinstance(exc, DBAPIError) and not database_unavailable(exc):
+            log.error("database error %s", type(exc.orig).__name__)
+            return render(InternalError())
         log.warning("database unavailable: %s", type(exc).__name__)
         return render(ServiceUnavailable(headers={"Retry-After": DB_RETRY_AFTER}))
 
-    for kind in (OperationalError, InterfaceError, ConnectionError, TimeoutError):
+    for kind in (DBAPIError, ConnectionError, TimeoutError):
         app.add_exception_handler(kind, _database_down)
-
-    @app.exception_handler(DBAPIError)
-    async def _database_error(request: Request, exc: DBAPIError) -> JSONResponse:
-        if database_unavailable(exc):
-            return await _database_down(request, exc)
-        log.error("database error %s", type(exc.orig).__name__)
-        return render(InternalError())
 
 
 # SQLSTATE classes that mean "the server cannot serve us now", not "this statement is wrong":
@@ -133,6 +129,10 @@ _UNAVAILABLE_CLASSES = ("08", "53", "57")
 
 
 def database_unavailable(exc: DBAPIError) -> bool:
+    """The server cannot serve us now (as opposed to a statement that is wrong). SQLAlchemy's
+    OperationalError and InterfaceError say so for every driver (SQLite: locked, disk full)."""
+    if isinstance(exc, OperationalError | InterfaceError):
+        return True
     if exc.connection_invalidated or isinstance(exc.orig, OSError):
         return True
     state = str(getattr(exc.orig, "sqlstate", None) or "")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from chaser_auth import metrics
 from chaser_auth.api.deps import RuntimeDep
@@ -51,4 +52,4 @@ async def prometheus_metrics(runtime: RuntimeDep) -> Response:
     async with runtime.store.tx() as tx:
         depth, oldest, dead = await tx.outbox.stats()
     body = metrics.render(depth, oldest, dead, runtime.clock())
-    return Response(body, media_type=metrics.CONTENT_TYPE)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -22,6 +22,22 @@ from chaser_auth.store.repositories import Store
 from chaser_auth.store.tables import User
 
 
+def new_user(
+    raw_email: str, key: str, password_hash: str, now: datetime, *, verified: bool
+) -> User:
+    """A new, active account for an address that `address_key` accepted (as `key`)."""
+    return User(
+        id=uuid.uuid4(),
+        email=stored_form(raw_email),
+        email_key=key,
+        password_hash=password_hash,
+        is_active=True,
+        email_verified=verified,
+        created_at=now,
+        password_changed_at=now,
+    )
+
+
 class AccountService:
     def __init__(
         self,
@@ -42,23 +58,13 @@ class AccountService:
         key = address_key(email)
         if key is None:
             raise InvalidAddress()
-        address = stored_form(email)
-        self.policy.check(password, address)
+        self.policy.check(password, stored_form(email))
         password_hash = await self.hasher.hash(password)
         now = self.clock()
         async with self.store.tx() as tx:
             if await tx.users.by_key(key) is not None:
                 raise AccountExists()
-            user = User(
-                id=uuid.uuid4(),
-                email=address,
-                email_key=key,
-                password_hash=password_hash,
-                is_active=True,
-                email_verified=verified,
-                created_at=now,
-                password_changed_at=now,
-            )
+            user = new_user(email, key, password_hash, now, verified=verified)
             await tx.users.add(user)
             await tx.audit.record("account_created", now, user_id=user.id)
         return user

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 from chaser_auth import metrics
 from chaser_auth.domain import tokens
+from chaser_auth.domain.accounts import new_user
 from chaser_auth.domain.addresses import address_key, stored_form
 from chaser_auth.domain.clock import Clock
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
@@ -85,16 +86,7 @@ class RegistrationService:
         async with self.store.tx() as tx:
             user = await tx.users.by_key(key)
             if user is None:
-                user = User(
-                    id=uuid.uuid4(),
-                    email=stored_form(raw),
-                    email_key=key,
-                    password_hash=password_hash,
-                    is_active=True,
-                    email_verified=False,
-                    created_at=now,
-                    password_changed_at=now,
-                )
+                user = new_user(raw, key, password_hash, now, verified=False)
                 await tx.users.add(user)
                 await tx.audit.record("account_registered", now, user_id=user.id)
                 token = await self._mint(tx, user, job.id, now)

@@ -330,12 +330,6 @@ class Outbox:
         )
         return int(depth or 0), oldest, int(dead or 0)
 
-    async def depth(self) -> int:
-        count = await self.db.scalar(
-            select(func.count()).select_from(OutboxMessage).where(OutboxMessage.status == QUEUED)
-        )
-        return int(count or 0)
-
 
 @dataclass
 class Audit:
