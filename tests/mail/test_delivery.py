@@ -145,8 +145,10 @@ async def test_mail_rate_cap_makes_mail_wait_without_using_up_attempts(
             await app.request_reset(f"capped{i}@example.com")
 
         def two_sent_two_waiting(rows: list) -> bool:
+            # A round records what it sent once the round is over: wait for the rows, too.
+            sent = [r for r in rows if r.outcome == "sent"]
             waiting = [r for r in rows if r.status == "queued" and r.last_error == "mail_rate"]
-            return len(smtp.sink.messages) == 2 and len(waiting) == 2
+            return len(smtp.sink.messages) == 2 and len(sent) == 2 and len(waiting) == 2
 
         # outbox_until moves the fake clock, not the cap's real-time window: the two over the
         # cap keep waiting, and are never turned into failures or dead letters.

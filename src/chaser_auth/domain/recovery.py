@@ -4,7 +4,7 @@ Request path (`request`): record what the client typed, durably, and nothing els
 branch on whether an account exists — no look-up, no hashing, no mail — so that status, body,
 headers and timing are the same for every address (OWASP Forgot Password Cheat Sheet,
 "Return a consistent message for both existent and non-existent accounts"). Everything that
-depends on the account happens in the delivery worker (`prepare_reset`).
+depends on the account happens in the delivery worker (`prepare_resets`).
 
 Confirm path (`check`, `confirm`): see `tokens` for the numbered reasons a link stops working.
 """
@@ -12,6 +12,7 @@ Confirm path (`check`, `confirm`): see `tokens` for the numbered reasons a link 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -47,6 +48,16 @@ class Note:
     user_id: uuid.UUID | None = None
     subject: str | None = None
 
+    def event_at(self, at: datetime, detail: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The audit row to insert (`Audit.record_many`)."""
+        return {
+            "at": at,
+            "event": self.event,
+            "user_id": self.user_id,
+            "subject": self.subject,
+            "detail": detail,
+        }
+
 
 @dataclass(frozen=True)
 class Letter:
@@ -67,9 +78,10 @@ class Skip:
 
 
 class AddressLimit(Protocol):
-    """The per-address limit on reset mail, as the domain sees it: may one more go to `subject`?"""
+    """The per-address limit on reset mail, as the domain sees it: may one more go to each of
+    `subjects` (in order; a subject may repeat, and each allowed one counts)?"""
 
-    async def allow(self, subject: str) -> bool: ...
+    async def allow_many(self, subjects: Sequence[str]) -> list[bool]: ...
 
 
 class RecoveryService:
@@ -108,33 +120,63 @@ class RecoveryService:
     def subject(self, raw_email: str) -> str:
         return tokens.keyed_hash(self.secret, address_key(raw_email) or raw_email)
 
-    async def prepare_reset(self, job: OutboxMessage, limit: AddressLimit) -> Letter | Skip:
+    async def prepare_resets(
+        self, jobs: Sequence[OutboxMessage], limit: AddressLimit
+    ) -> list[Letter | Skip]:
+        """What each reset request in `jobs` becomes, in order, with a handful of statements
+        for the whole batch (one account look-up, one limit call, one transaction minting the
+        links) rather than some per row: under a flood most rows are for unknown or throttled
+        addresses, and they must not cost a commit each."""
         now = self.clock()
-        if job.user_id is not None:  # resolved on an earlier attempt: resend the same link
-            return await self._resend(job, now)
-        raw = str((job.payload or {}).get("email", ""))
-        key = address_key(raw)
-        subject = self.subject(raw)
+        plans: dict[uuid.UUID, Letter | Skip] = {}
+        fresh: list[tuple[OutboxMessage, str, str | None]] = []
+        for job in jobs:
+            if job.user_id is not None:  # resolved on an earlier attempt: resend the same link
+                plans[job.id] = await self._resend(job, now)
+            else:
+                raw = str((job.payload or {}).get("email", ""))
+                fresh.append((job, raw, address_key(raw)))
         async with self.store.tx() as tx:  # reads only: nothing to commit
-            user = await tx.users.by_key(key) if key else None
-        requested = Note("reset_requested", user.id if user else None, subject)
+            users = await tx.users.by_keys({key for _, _, key in fresh if key})
         # The limit is asked outside any transaction: on SQLite an open write transaction
         # would hold the request path's inserts while Redis answers.
-        if user is None or not may_receive_reset(user):
-            if not (self.notify_unknown and key and user is None):
-                return Skip("no_account", (requested,))
-            if not await limit.allow(subject):
-                return Skip("suppressed", (requested,))
-            return Letter(
-                "reset_unknown", stored_form(raw), {"public_url": self.public_url}, (requested,)
-            )
-        if not await limit.allow(subject):
-            suppressed = Note("reset_suppressed", user.id, subject)
-            return Skip("suppressed", (requested, suppressed))
-        async with self.store.tx() as tx:
-            await tx.audit.record(requested.event, now, user_id=user.id, subject=subject)
-            token = await self._mint(tx, user, job.id, now, event="reset_token_issued")
-        return self._reset_letter(user, token)
+        asking: list[tuple[OutboxMessage, str, User | None, Note]] = []
+        for job, raw, key in fresh:
+            user = users.get(key) if key else None
+            subject = tokens.keyed_hash(self.secret, key or raw)
+            requested = Note("reset_requested", user.id if user else None, subject)
+            if not may_receive_reset(user) and not (self.notify_unknown and key and user is None):
+                plans[job.id] = Skip("no_account", (requested,))
+            else:
+                asking.append((job, raw, user, requested))
+        allowed = await limit.allow_many([note.subject or "" for *_, note in asking])
+        minting: list[tuple[OutboxMessage, User, Note]] = []
+        for (job, raw, user, requested), ok in zip(asking, allowed, strict=True):
+            if user is None:  # unknown address, and the operator wants it told so
+                plans[job.id] = (
+                    Letter(
+                        "reset_unknown",
+                        stored_form(raw),
+                        {"public_url": self.public_url},
+                        (requested,),
+                    )
+                    if ok
+                    else Skip("suppressed", (requested,))
+                )
+            elif not ok:
+                suppressed = Note("reset_suppressed", user.id, requested.subject)
+                plans[job.id] = Skip("suppressed", (requested, suppressed))
+            else:
+                minting.append((job, user, requested))
+        if minting:
+            async with self.store.tx() as tx:
+                for job, user, requested in minting:
+                    await tx.audit.record(
+                        requested.event, now, user_id=user.id, subject=requested.subject
+                    )
+                    token = await self._mint(tx, user, job.id, now, event="reset_token_issued")
+                    plans[job.id] = self._reset_letter(user, token)
+        return [plans[job.id] for job in jobs]
 
     async def _mint(
         self, tx: Tx, user: User, job_id: uuid.UUID | None, now: datetime, *, event: str

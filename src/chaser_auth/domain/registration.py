@@ -81,7 +81,7 @@ class RegistrationService:
         if key is None or not isinstance(password_hash, str):
             return Skip("invalid")
         # The same per-address budget as reset mail: sign-ups cannot flood an inbox either.
-        if not await limit.allow(tokens.keyed_hash(self.secret, key)):
+        if not (await limit.allow_many([tokens.keyed_hash(self.secret, key)]))[0]:
             return Skip("suppressed")
         async with self.store.tx() as tx:
             user = await tx.users.by_key(key)

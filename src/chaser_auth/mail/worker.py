@@ -17,11 +17,14 @@ notification from any process (`store.notify`), or after `worker_poll_interval` 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from limits import RateLimitItem
 
@@ -46,8 +49,23 @@ from chaser_auth.store.tables import OutboxMessage
 
 log = logging.getLogger("chaser_auth.worker")
 
-BATCH = 16
+BATCH = 256  # rows claimed per round
+SENDING = 16  # messages with the transport at once
+GATHER = 0.01  # seconds to let rows gather after a round that did not fill its batch
 HOUSEKEEPING_INTERVAL = 3600.0  # seconds between chores: audit retention, old limit hits
+
+
+Plan = Letter | Skip | None
+Handler = Callable[[Sequence[OutboxMessage]], Awaitable[list[Letter | Skip]]]
+
+
+def one_by_one(prepare: Callable[[OutboxMessage], Awaitable[Letter | Skip]]) -> Handler:
+    """A batch handler for a kind that is rare enough to be planned a row at a time."""
+
+    async def handler(jobs: Sequence[OutboxMessage]) -> list[Letter | Skip]:
+        return [await prepare(job) for job in jobs]
+
+    return handler
 
 
 class PerAddressLimit:
@@ -57,10 +75,18 @@ class PerAddressLimit:
         self.limiter = limiter
         self.item = item
 
-    async def allow(self, subject: str) -> bool:
-        allowed = (await self.limiter.hit(self.item, "reset-address", subject)).allowed
-        if not allowed:
-            metrics.LIMITED.labels("address").inc()
+    async def allow_many(self, subjects: Sequence[str]) -> list[bool]:
+        allowed: list[bool] = []
+        refused: set[str] = set()  # a refused hit does not count: the rest of the batch is too
+        for subject in subjects:
+            ok = (
+                subject not in refused
+                and (await self.limiter.hit(self.item, "reset-address", subject)).allowed
+            )
+            if not ok:
+                refused.add(subject)
+                metrics.LIMITED.labels("address").inc()
+            allowed.append(ok)
         return allowed
 
 
@@ -74,15 +100,16 @@ class StoredAddressLimit:
         self.clock = clock
         self.item = item
 
-    async def allow(self, subject: str) -> bool:
+    async def allow_many(self, subjects: Sequence[str]) -> list[bool]:
+        if not subjects:
+            return []
         now = self.clock()
         since = now - timedelta(seconds=self.item.get_expiry())
         async with self.store.tx() as tx:
-            allowed = await tx.limit_hits.take(
-                "reset-address", subject, self.item.amount, since, now
+            allowed = await tx.limit_hits.take_many(
+                "reset-address", subjects, self.item.amount, since, now
             )
-        if not allowed:
-            metrics.LIMITED.labels("address").inc()
+        metrics.LIMITED.labels("address").inc(allowed.count(False))
         return allowed
 
 
@@ -125,10 +152,10 @@ class Worker:
         self.listener = listener
         self.housekeeping = housekeeping
         self._next_housekeeping = 0.0
-        self._handlers: dict[str, Callable[[OutboxMessage], Awaitable[Letter | Skip]]] = {
-            RESET_REQUEST: lambda job: self.recovery.prepare_reset(job, self.address_limit),
-            PASSWORD_CHANGED: self.recovery.prepare_changed_notice,
-            REGISTER: lambda job: registration.prepare(job, self.address_limit),
+        self._handlers: dict[str, Handler] = {
+            RESET_REQUEST: lambda jobs: self.recovery.prepare_resets(jobs, self.address_limit),
+            PASSWORD_CHANGED: one_by_one(self.recovery.prepare_changed_notice),
+            REGISTER: one_by_one(lambda job: registration.prepare(job, self.address_limit)),
         }
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -144,6 +171,12 @@ class Worker:
                     handled = 0
                 if handled == 0:
                     await self._idle(stop)
+                elif handled < BATCH:
+                    # Under load, a round started at every wake-up would handle a row or two
+                    # and pay its transactions for those alone: a short pause lets the next
+                    # round take many at once. A lone request still goes out at once.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), GATHER)
         finally:
             if listening is not None:
                 await listening
@@ -169,39 +202,89 @@ class Worker:
         self.wake.clear()
 
     async def run_once(self) -> int:
+        """One round: claim a batch, plan it kind by kind, send, record. Rows that need no
+        mail cost no transaction of their own: their outcome, and every audit note, is
+        written together with the sent ones in one closing transaction."""
         now = self.clock()
         async with self.store.tx() as tx:
             jobs = await tx.outbox.claim(now, now + self.lease, BATCH)
-        # Side by side: a remote SMTP conversation takes tens of milliseconds, and one slow
-        # relay must not hold up the rest of the batch. (Database work still takes turns.)
-        await asyncio.gather(*(self._deliver(job) for job in jobs))
+        if not jobs:
+            return 0
+        done: list[tuple[OutboxMessage, str, Sequence[Note]]] = []
+        letters: list[tuple[OutboxMessage, Letter]] = []
+        for job, plan in await self._plan(jobs):
+            if isinstance(plan, Skip):
+                done.append((job, plan.outcome, plan.notes))
+            elif plan is not None:
+                letters.append((job, plan))
+        # Side by side, a few at a time: a remote SMTP conversation takes tens of
+        # milliseconds, and one slow relay must not hold up the rest of the batch.
+        gate = asyncio.Semaphore(SENDING)
+        sent = await asyncio.gather(*(self._send(job, letter, gate) for job, letter in letters))
+        done += [
+            (job, "sent", letter.notes)
+            for (job, letter), ok in zip(letters, sent, strict=True)
+            if ok
+        ]
+        await self._finish(done)
         return len(jobs)
 
-    async def _deliver(self, job: OutboxMessage) -> None:
-        try:
-            handler = self._handlers.get(job.kind)
+    async def _plan(self, jobs: Sequence[OutboxMessage]) -> list[tuple[OutboxMessage, Plan]]:
+        """Each job with what it becomes; None where it failed (already recorded)."""
+        groups: dict[str, list[OutboxMessage]] = {}
+        for job in jobs:
+            groups.setdefault(job.kind, []).append(job)
+        plans: dict[uuid.UUID, Letter | Skip] = {}
+        for kind, group in groups.items():
+            handler = self._handlers.get(kind)
             if handler is None:
-                await self._fail(job, "unknown_kind", permanent=True)
-                return
-            plan = await handler(job)
-            if isinstance(plan, Skip):
-                await self._finish(job, plan.outcome, plan.notes)
-                return
-            if self.mail_rate is not None and not await self._within_mail_rate(job, self.mail_rate):
-                return
-            message = self.renderer.render(
-                plan.template, to=plan.to, job_id=job.id, date=self.clock(), context=plan.context
-            )
-            await self.transport.send(message)
-        except DeliveryError as exc:
-            await self._fail(job, exc.code, permanent=exc.permanent)
-            return
-        except Exception as exc:  # noqa: BLE001 - one bad row must not stop the others
-            # The type only: an exception's text may quote the address it choked on.
-            log.error("delivery of %s failed unexpectedly: %s", job.id, type(exc).__name__)
-            await self._fail(job, f"error_{type(exc).__name__}", permanent=False)
-            return
-        await self._finish(job, "sent", plan.notes)
+                for job in group:
+                    await self._fail(job, "unknown_kind", permanent=True)
+                continue
+            try:
+                plans.update(zip((job.id for job in group), await handler(group), strict=True))
+                continue
+            except Exception as exc:  # noqa: BLE001 - retried row by row below
+                # One bad row must not stop the others: the group again, one row at a time.
+                log.warning(
+                    "planning %d %s rows failed (%s); row by row",
+                    len(group),
+                    kind,
+                    type(exc).__name__,
+                )
+            for job in group:
+                try:
+                    (plans[job.id],) = await handler([job])
+                except Exception as exc:  # noqa: BLE001 - recorded on the row
+                    # The type only: an exception's text may quote the address it choked on.
+                    log.error("planning %s failed unexpectedly: %s", job.id, type(exc).__name__)
+                    await self._fail(job, f"error_{type(exc).__name__}", permanent=False)
+        return [(job, plans.get(job.id)) for job in jobs]
+
+    async def _send(self, job: OutboxMessage, letter: Letter, gate: asyncio.Semaphore) -> bool:
+        """Render and hand `letter` to the transport; False if it did not go (recorded)."""
+        async with gate:
+            try:
+                if self.mail_rate is not None and not await self._within_mail_rate(
+                    job, self.mail_rate
+                ):
+                    return False
+                message = self.renderer.render(
+                    letter.template,
+                    to=letter.to,
+                    job_id=job.id,
+                    date=self.clock(),
+                    context=letter.context,
+                )
+                await self.transport.send(message)
+            except DeliveryError as exc:
+                await self._fail(job, exc.code, permanent=exc.permanent)
+                return False
+            except Exception as exc:  # noqa: BLE001 - one bad row must not stop the others
+                log.error("delivery of %s failed unexpectedly: %s", job.id, type(exc).__name__)
+                await self._fail(job, f"error_{type(exc).__name__}", permanent=False)
+                return False
+            return True
 
     async def _within_mail_rate(self, job: OutboxMessage, rate: RateLimitItem) -> bool:
         verdict = await self.limiter.hit(rate, "mail-rate", "all")
@@ -214,18 +297,27 @@ class Worker:
             await tx.outbox.retry_later(job.id, at, "mail_rate", refund=True)
         return False
 
-    async def _finish(self, job: OutboxMessage, outcome: str, notes: Sequence[Note] = ()) -> None:
+    async def _finish(self, done: Sequence[tuple[OutboxMessage, str, Sequence[Note]]]) -> None:
+        """Record the outcomes of a round and their audit events, in one transaction."""
+        if not done:
+            return
         now = self.clock()
-        async with self.store.tx() as tx:
-            await tx.outbox.finish(job.id, outcome, now)
-            for note in notes:
-                await tx.audit.record(note.event, now, user_id=note.user_id, subject=note.subject)
+        finished: dict[str, list[uuid.UUID]] = {}
+        events: list[dict[str, Any]] = []
+        for job, outcome, notes in done:
+            finished.setdefault(outcome, []).append(job.id)
+            events += [note.event_at(now) for note in notes]
             if outcome == "sent":
-                await tx.audit.record(
-                    "mail_sent", now, user_id=job.user_id, detail={"kind": job.kind}
-                )
-        metrics.MAIL.labels(job.kind, outcome).inc()
-        log.info("outbox %s %s: %s", job.kind, job.id, outcome)
+                events.append(Note("mail_sent", job.user_id).event_at(now, {"kind": job.kind}))
+        async with self.store.tx() as tx:
+            for outcome, ids in finished.items():
+                await tx.outbox.finish_many(ids, outcome, now)
+            await tx.audit.record_many(events)
+        for job, outcome, _ in done:
+            metrics.MAIL.labels(job.kind, outcome).inc()
+            # Rows that needed no mail are most of a flood: their lines are for debugging.
+            level = logging.INFO if outcome == "sent" else logging.DEBUG
+            log.log(level, "outbox %s %s: %s", job.kind, job.id, outcome)
 
     def backoff(self, attempts: int) -> float:
         ceiling = min(self.retry_max, self.retry_base * 2 ** max(0, attempts - 1))

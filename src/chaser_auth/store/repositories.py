@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, TypeVar, cast
 
-from sqlalchemy import CursorResult, delete, func, insert, or_, select, text, update
+from sqlalchemy import CursorResult, Table, delete, func, insert, or_, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from chaser_auth.store.notify import CHANNEL
@@ -31,6 +31,12 @@ QUEUED, DONE, DEAD = "queued", "done", "dead"
 T = TypeVar("T", bound=LinkToken)
 
 
+def _table(entity: type[Any]) -> Table:
+    """The Core table behind a mapped class: many-row inserts go through it, as plain
+    executemany, skipping the ORM's bulk-insert bookkeeping (no objects are wanted back)."""
+    return cast(Table, entity.__table__)
+
+
 def _rowcount(result: Any) -> int:
     return cast(CursorResult[Any], result).rowcount
 
@@ -41,6 +47,13 @@ class Users:
 
     async def by_key(self, email_key: str) -> User | None:
         return await self.db.scalar(select(User).where(User.email_key == email_key))
+
+    async def by_keys(self, email_keys: set[str]) -> dict[str, User]:
+        """The accounts among `email_keys`, by key, in one query."""
+        if not email_keys:
+            return {}
+        found = await self.db.scalars(select(User).where(User.email_key.in_(email_keys)))
+        return {user.email_key: user for user in found}
 
     async def get(self, user_id: uuid.UUID) -> User | None:
         return await self.db.get(User, user_id)
@@ -205,7 +218,7 @@ class Outbox:
 
     async def add_many(self, rows: list[dict[str, Any]]) -> None:
         """Insert rows made by `new_outbox_row`, in one statement."""
-        await self.db.execute(insert(OutboxMessage), rows)
+        await self.db.execute(insert(_table(OutboxMessage)), rows)
         await self._notify()
 
     async def _notify(self) -> None:
@@ -259,9 +272,15 @@ class Outbox:
         )
 
     async def finish(self, message_id: uuid.UUID, outcome: str, now: datetime) -> None:
+        await self.finish_many([message_id], outcome, now)
+
+    async def finish_many(
+        self, message_ids: Sequence[uuid.UUID], outcome: str, now: datetime
+    ) -> None:
+        """Mark rows done with one `outcome`, in one statement."""
         await self.db.execute(
             update(OutboxMessage)
-            .where(OutboxMessage.id == message_id)
+            .where(OutboxMessage.id.in_(message_ids))
             .values(
                 status=DONE,
                 outcome=outcome,
@@ -348,6 +367,12 @@ class Audit:
             AuditEvent(at=now, event=event, user_id=user_id, subject=subject, detail=detail)
         )
 
+    async def record_many(self, events: Sequence[dict[str, Any]]) -> None:
+        """Insert many events in one statement; each a dict of `at`, `event`, `user_id`,
+        `subject`, `detail`."""
+        if events:
+            await self.db.execute(insert(_table(AuditEvent)), list(events))
+
     async def listing(
         self,
         *,
@@ -376,23 +401,41 @@ class Audit:
 class LimitHits:
     db: AsyncSession
 
-    async def take(self, scope: str, key: str, amount: int, since: datetime, now: datetime) -> bool:
-        """Count one hit if fewer than `amount` happened since `since`; True if counted. Run it
-        in its own transaction: on SQLite BEGIN IMMEDIATE makes count-then-insert atomic; on
-        PostgreSQL an advisory lock on the key does."""
+    async def take_many(
+        self, scope: str, keys: Sequence[str], amount: int, since: datetime, now: datetime
+    ) -> list[bool]:
+        """For each of `keys` in order (a key may repeat): count one hit if fewer than `amount`
+        happened since `since`; True where counted. One count query and one insert for all.
+
+        Run it in its own transaction: on SQLite BEGIN IMMEDIATE makes count-then-insert
+        atomic; on PostgreSQL advisory locks on the keys do, taken in sorted order so that two
+        workers cannot deadlock on them."""
+        if not keys:
+            return []
+        distinct = sorted(set(keys))
         if self.db.get_bind().dialect.name == "postgresql":
-            await self.db.execute(
-                text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"{scope}:{key}"}
-            )
-        used = await self.db.scalar(
-            select(func.count())
-            .select_from(LimitHit)
-            .where(LimitHit.scope == scope, LimitHit.key == key, LimitHit.at > since)
+            for key in distinct:
+                await self.db.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": f"{scope}:{key}"}
+                )
+        counted = await self.db.execute(
+            select(LimitHit.key, func.count())
+            .where(LimitHit.scope == scope, LimitHit.key.in_(distinct), LimitHit.at > since)
+            .group_by(LimitHit.key)
         )
-        if int(used or 0) >= amount:
-            return False
-        self.db.add(LimitHit(scope=scope, key=key, at=now))
-        return True
+        used: dict[str, int] = {key: int(n) for key, n in counted}
+        allowed: list[bool] = []
+        for key in keys:
+            ok = used.get(key, 0) < amount
+            if ok:
+                used[key] = used.get(key, 0) + 1
+            allowed.append(ok)
+        hits = [
+            {"scope": scope, "key": k, "at": now} for k, ok in zip(keys, allowed, strict=True) if ok
+        ]
+        if hits:
+            await self.db.execute(insert(_table(LimitHit)), hits)
+        return allowed
 
     async def purge(self, before: datetime) -> int:
         result = await self.db.execute(delete(LimitHit).where(LimitHit.at < before))
