@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from chaser_auth import __version__
 from chaser_auth.api import accounts, errors, health, reset, signup
 from chaser_auth.api.deps import parse_proxies
+from chaser_auth.api.fastpath import SeedFastPath
 from chaser_auth.api.middleware import EdgeMiddleware
 from chaser_auth.config import Settings
 from chaser_auth.domain.clock import Clock, utcnow
@@ -50,6 +51,10 @@ def create_app(settings: Settings, clock: Clock = utcnow) -> FastAPI:
         separate_input_output_schemas=False,
         redirect_slashes=False,  # a redirect would be built from the client's Host header
         servers=[{"url": settings.public_url}],
+        # FastAPI's own OpenTelemetry hooks stay off: we have our metrics and logs, its logs
+        # would record exception messages (which may quote an address), and asking whether
+        # a provider is configured costs an environment look-up on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.trusted_proxies = parse_proxies(settings.trusted_proxies)
     errors.install(app)
@@ -59,6 +64,8 @@ def create_app(settings: Settings, clock: Clock = utcnow) -> FastAPI:
     app.include_router(health.router)
     app.include_router(pages.router(settings))
     app.mount("/static", pages.static_files(settings), name="static")
+    seed_route = next(r for r in reset.router.routes if getattr(r, "path", None) == reset.SEED_PATH)
+    app.add_middleware(SeedFastPath, route=seed_route)  # inside EdgeMiddleware, added next
     app.add_middleware(EdgeMiddleware)
     return app
 

@@ -73,6 +73,20 @@ def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
     return details
 
 
+DATABASE_ERRORS = (DBAPIError, ConnectionError, TimeoutError)
+
+
+def database_error(exc: Exception) -> ChaserError:
+    """What a database fault answers: unreachable, full, or locked past the busy timeout is a
+    clear 503 the client may retry, never a 500 (SPEC §2: no trace for anything but our own
+    bugs); a statement the database refuses is our bug, a bare 500."""
+    if isinstance(exc, DBAPIError) and not database_unavailable(exc):
+        log.error("database error %s", type(exc.orig).__name__)
+        return InternalError()
+    log.warning("database unavailable: %s", type(exc).__name__)
+    return ServiceUnavailable(headers={"Retry-After": DB_RETRY_AFTER})
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(ChaserError)
     async def _chaser(_: Request, exc: ChaserError) -> JSONResponse:
@@ -110,15 +124,9 @@ def install(app: FastAPI) -> None:
         return response
 
     async def _database_down(_: Request, exc: Exception) -> JSONResponse:
-        # Database unreachable, full, or locked past the busy timeout: a clear 503 the client
-        # may retry, never a 500 (SPEC §2: no trace for anything but our own bugs).
-        if isinstance(exc, DBAPIError) and not database_unavailable(exc):
-            log.error("database error %s", type(exc.orig).__name__)
-            return render(InternalError())
-        log.warning("database unavailable: %s", type(exc).__name__)
-        return render(ServiceUnavailable(headers={"Retry-After": DB_RETRY_AFTER}))
+        return render(database_error(exc))
 
-    for kind in (DBAPIError, ConnectionError, TimeoutError):
+    for kind in DATABASE_ERRORS:
         app.add_exception_handler(kind, _database_down)
 
 

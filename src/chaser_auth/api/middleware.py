@@ -72,7 +72,7 @@ class EdgeMiddleware:
         try:
             replay = await self._read_body(scope, receive)
             if isinstance(replay, ChaserError):
-                await self._send_error(replay, send_with_headers)
+                await send_error(replay, send_with_headers)
             else:
                 await self.app(scope, replay, send_with_headers)
         except Exception as exc:  # noqa: BLE001 - last line of defence; logged without its text
@@ -80,7 +80,7 @@ class EdgeMiddleware:
                 "unhandled %s on %s %s", type(exc).__name__, scope["method"], scope["path"]
             )
             if not status_seen["started"]:
-                await self._send_error(InternalError(), send_with_headers)
+                await send_error(InternalError(), send_with_headers)
         finally:
             elapsed = time.perf_counter() - started
             route = scope.get("route")
@@ -120,20 +120,25 @@ class EdgeMiddleware:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
-        body = b"".join(chunks)
-        delivered = False
+        whole: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+        return replay(whole, receive)
 
-        async def replay() -> Message:
-            nonlocal delivered
-            if not delivered:
-                delivered = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
 
-        return replay
+def replay(first: Message, receive: Receive) -> Receive:
+    """`receive` with `first` put in front of what it has still to give."""
+    delivered = False
 
-    @staticmethod
-    async def _send_error(error: ChaserError, send: Send) -> None:
-        status, headers, body = error_response_parts(error)
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    async def again() -> Message:
+        nonlocal delivered
+        if not delivered:
+            delivered = True
+            return first
+        return await receive()
+
+    return again
+
+
+async def send_error(error: ChaserError, send: Send) -> None:
+    status, headers, body = error_response_parts(error)
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
