@@ -6,6 +6,7 @@ Every field maps to `CHASER_AUTH_<FIELD>`; the README's configuration table is t
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import tempfile
@@ -127,7 +128,13 @@ class Settings(BaseSettings):
         return value
 
     def limit(self, name: str) -> RateLimitItem:
-        return parse(str(getattr(self, name)))
+        return _parse_limit(str(getattr(self, name)))
+
+
+@functools.lru_cache(maxsize=64)
+def _parse_limit(text: str) -> RateLimitItem:
+    # Cached: the seed endpoint asks for its limit on every request, and parsing is not free.
+    return parse(text)
 
 
 class ConfigurationError(Exception):

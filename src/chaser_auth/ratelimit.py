@@ -36,10 +36,14 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Verdict:
+    """A limit's answer. `remaining` and `reset_at` are read for a refusal only: an allowed
+    hit is answered without the window's statistics (a second storage call — with Redis, a
+    second round trip — on every request)."""
+
     allowed: bool
     limit: int
-    remaining: int
-    reset_at: float
+    remaining: int = 0
+    reset_at: float = 0.0
 
     def headers(self, scope: str, now: float) -> dict[str, str]:
         retry_after = max(1, int(self.reset_at - now + 0.999))
@@ -97,9 +101,10 @@ class Limiter:
 
     async def hit(self, item: RateLimitItem, *keys: str) -> Verdict:
         async def ask(strategy: MovingWindowRateLimiter) -> Verdict:
-            allowed = await strategy.hit(item, *keys)
+            if await strategy.hit(item, *keys):
+                return Verdict(True, item.amount)
             stats = await strategy.get_window_stats(item, *keys)
-            return Verdict(allowed, item.amount, stats.remaining, stats.reset_time)
+            return Verdict(False, item.amount, stats.remaining, stats.reset_time)
 
         return await self._ask(ask)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Annotated
 
@@ -49,7 +50,13 @@ def client_key(request: Request) -> str:
     """The unit a per-client limit counts: one IPv4 address, or one IPv6 /64 — a single
     subscriber usually holds a whole /64 (RFC 6177), so per-address IPv6 limits are free to
     dodge. An IPv4-mapped IPv6 address counts as its IPv4 address."""
-    address = client_address(request)
+    return _limit_unit(client_address(request))
+
+
+@functools.lru_cache(maxsize=4096)
+def _limit_unit(address: str) -> str:
+    # Cached: parsing an address costs more than the rest of a seed request's limit check,
+    # and the same clients come back. Bounded, so a flood of new addresses only evicts.
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -61,6 +68,7 @@ def client_key(request: Request) -> str:
     return str(ip)
 
 
+@functools.lru_cache(maxsize=4096)
 def _within(address: str, networks: tuple[Network, ...]) -> bool:
     try:
         ip = ipaddress.ip_address(address)
