@@ -20,7 +20,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-HOST = "127.0.0.1"
+from _harness import CLIENTS, HOST
+
 GRACE_S = 10.0
 
 
@@ -94,11 +95,19 @@ async def connection(run: Run, index: int, port: int) -> None:
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
     bodies = [line for line in Path(args.bodies).read_bytes().splitlines() if line.strip()]
+    # As wrk's script does (_harness.wrk_script): each request from the next of `CLIENTS`.
     requests = [
         b"POST %s HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n%s"
-        % (args.path.encode(), HOST.encode(), args.port, len(body), body)
-        for body in bodies
+        b"X-Forwarded-For: %s\r\nContent-Length: %d\r\n\r\n%s"
+        % (
+            args.path.encode(),
+            HOST.encode(),
+            args.port,
+            CLIENTS[i % len(CLIENTS)].encode(),
+            len(body),
+            body,
+        )
+        for i, body in enumerate(bodies)
     ]
     now = time.perf_counter()
     run = Run(requests, now + args.warmup, now + args.warmup + args.duration, args.max_requests)
