@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -669,3 +670,58 @@ def test_serve_with_two_processes_on_one_sqlite_file_sends_each_mail_once(
     # Without Redis the start-up log says how the limits behave across the processes.
     log = (tmp_path / "serve.log").read_text(encoding="utf-8")
     assert "each of the 2 processes counts the per-IP, login and sign-up limits in its own" in log
+
+
+# -- serve migrates in a child interpreter ------------------------------------------------------
+
+
+def alembic_head() -> str:
+    from alembic.script import ScriptDirectory
+
+    from chaser_auth.store import migrate
+
+    head = ScriptDirectory.from_config(migrate.alembic_config("sqlite://")).get_current_head()
+    assert head
+    return head
+
+
+def test_migrate_quiet_prints_nothing_and_leaves_a_migrated_database(tmp_path: Path) -> None:
+    env = tmp_env(tmp_path)
+    done = cli("migrate", "--quiet", cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    assert done.stderr == ""  # nothing unless something goes wrong
+    # Migrated by that run alone (every later command would migrate by itself).
+    db = tmp_path / "state" / "auth.db"
+    with sqlite3.connect(db) as connection:
+        [(version,)] = connection.execute("SELECT version_num FROM alembic_version").fetchall()
+        tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master")}
+    assert version == alembic_head()
+    assert {"users", "outbox", "audit_events"} <= tables
+
+    user_id = create_user("quiet@example.com", cwd=tmp_path, env=env)
+    listed = cli("users", "list", cwd=tmp_path, env=env)
+    assert listed.returncode == 0, listed.stderr
+    [row] = listed.stdout.splitlines()[1:]
+    assert row.split()[0] == user_id
+    assert row.split()[-1] == "quiet@example.com"
+
+
+def test_serve_whose_database_cannot_be_opened_exits_with_one_line_and_no_traceback(
+    tmp_path: Path,
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a regular file, so nothing can be created below it\n")
+    env = tmp_env(tmp_path) | {"CHASER_AUTH_DATABASE_URL": f"sqlite+aiosqlite:///{blocker}/auth.db"}
+    port = free_port()
+    done = cli("serve", "--port", str(port), cwd=tmp_path, env=env)  # times out if it serves
+    assert done.returncode > 0, (done.returncode, done.stdout, done.stderr)
+    [line] = done.stderr.splitlines()
+    assert line.startswith("chaser-auth: "), line
+    assert "Traceback" not in done.stderr
+    # It stopped before serving: no start-up line, no secret key made, nothing on the port.
+    assert "serving on" not in done.stdout + done.stderr
+    assert "Uvicorn running" not in done.stdout + done.stderr
+    assert not (tmp_path / "state").exists()
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)

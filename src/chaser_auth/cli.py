@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import uuid
@@ -27,7 +28,6 @@ from chaser_auth.config import ConfigurationError, Settings, load_secret_key
 from chaser_auth.errors import ChaserError
 from chaser_auth.logs import configure_logging
 from chaser_auth.runtime import Runtime
-from chaser_auth.store import migrate
 
 log = logging.getLogger("chaser_auth")
 
@@ -60,11 +60,14 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the delivery "
         "worker alone (for scale-out; start as many as you like on one database).",
     )
-    commands.add_parser(
+    migrate = commands.add_parser(
         "migrate",
         help="apply schema migrations",
         description="Apply pending schema "
         "migrations. Idempotent and safe to run from several processes at once.",
+    )
+    migrate.add_argument(
+        "--quiet", action="store_true", help="print nothing unless something goes wrong"
     )
 
     users = commands.add_parser("users", help="manage accounts").add_subparsers(
@@ -163,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command in ("users", "outbox", "audit"):
         logging.getLogger("alembic").setLevel(logging.WARNING)  # the implicit migrate is quiet
+    if getattr(args, "quiet", False):
+        root = logging.getLogger()
+        root.setLevel(max(root.level, logging.WARNING))
     try:
         return _dispatch(args, settings)
     except ChaserError as exc:
@@ -184,14 +190,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
         return serve(settings, args.host, args.port, args.workers, not args.no_worker)
     if args.command == "migrate":
-        migrate.upgrade(settings.database_url)
-        print("database is at the newest schema")
+        _upgrade(settings.database_url)
+        if not args.quiet:
+            print("database is at the newest schema")
         return 0
     if args.command == "doctor":
         return asyncio.run(_doctor(settings))
     # Every command that touches the database first brings its schema up to date (idempotent),
     # so that `users create` on a fresh machine works before the first `serve`.
-    migrate.upgrade(settings.database_url)
+    _upgrade(settings.database_url)
     if args.command == "worker":
         return _run(settings, _worker)
     if args.command == "users" and args.users_command == "create":
@@ -208,12 +215,30 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     raise AssertionError(args.command)
 
 
+def _upgrade(database_url: str) -> None:
+    from chaser_auth.store import migrate  # noqa: PLC0415 - Alembic only where needed
+
+    migrate.upgrade(database_url)
+
+
 def serve(settings: Settings, host: str, port: int, workers: int, embedded_worker: bool) -> int:
     import uvicorn
 
     from chaser_auth.app import create_app
 
-    migrate.upgrade(settings.database_url)
+    # Migrations run in a child interpreter with this one's environment (so the same
+    # settings): Alembic (about 10 MB) then never loads into the process that serves.
+    migrated = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "chaser_auth", "migrate", "--quiet"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if migrated.returncode != 0:
+        sys.stderr.write(migrated.stderr)  # the child has said why, in one line
+        return migrated.returncode
+    for line in migrated.stderr.splitlines():  # warnings: into this process's (JSON) log
+        log.warning("migrate: %s", line)
     load_secret_key(settings)  # create it once here, before any worker process starts
     common: dict[str, Any] = {
         "host": host,

@@ -17,16 +17,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from limits import RateLimitItem
 from limits.aio.storage import MemoryStorage, RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 from limits.errors import StorageError
-from redis.asyncio import ConnectionPool
 
 from chaser_auth import metrics
 from chaser_auth.errors import RateLimited
+
+if TYPE_CHECKING:
+    from redis.asyncio import ConnectionPool
 
 REDIS_RETRY = 5.0
 REDIS_TIMEOUT = 0.5
@@ -63,6 +65,9 @@ class Limiter:
         # We own the connection pool so that shutdown can close it (the storage has no close).
         self._pool: ConnectionPool | None = None
         if redis_url:
+            # Imported only when used: a process without Redis saves its memory.
+            from redis.asyncio import ConnectionPool  # noqa: PLC0415
+
             self._pool = ConnectionPool.from_url(
                 redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
             )

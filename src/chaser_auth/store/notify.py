@@ -18,7 +18,6 @@ import contextlib
 import logging
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 from sqlalchemy.engine import make_url
 
 CHANNEL = "chaser_auth_outbox"
@@ -45,6 +44,9 @@ class OutboxListener:
         self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Imported here: a process on SQLite never needs it (and saves its memory).
+        import asyncpg  # type: ignore[import-untyped]  # noqa: PLC0415
+
         while not stop.is_set():
             lost = asyncio.Event()
             connection = None
