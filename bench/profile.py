@@ -43,10 +43,9 @@ from _harness import (
 SPY = Path(PYTHON).parent / "py-spy"
 # Frames worth a line of their own: ours, and the layers a seed request passes through.
 WATCH = re.compile(
-    r"chaser_auth/|fastapi/applications|starlette/applications|uvicorn/protocols|"
-    r"sqlalchemy/orm/session\.py.*execute|aiosqlite/core|logging/__init__\.py.*(info|handle)|"
-    r"limits/aio/(strategies|storage)|pythonjsonlogger|prometheus_client/metrics|"
-    r"asyncio/threads"
+    r"\((chaser_auth/|fastapi/applications|starlette/applications|uvicorn/protocols|"
+    r"sqlalchemy/orm/session|aiosqlite/|logging/__init__|limits/aio/|pythonjsonlogger/|"
+    r"prometheus_client/|asyncio/threads)"
 )
 
 

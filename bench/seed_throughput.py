@@ -6,7 +6,8 @@ HTTP implementation uvicorn picks by itself, access log and server header off):
 1. `bench/ceiling_app.py` (bare Starlette, parse JSON, answer) — the ceiling;
 2. `chaser-auth serve` in a fresh temp dir, where accounts are created with `chaser-auth users
    create`; then, each on a fresh server and a fresh copy of that database, driven with
-   addresses that have an account and with addresses that have none (and, with
+   addresses that have an account and with addresses that have none, and with existing
+   addresses on two processes (`serve --workers 2`) (and, with
    `--extra-variants`, unknown addresses with `serve --no-worker` and with
    `CHASER_AUTH_LOG_LEVEL=WARNING`).
 
@@ -208,6 +209,7 @@ def main() -> int:
         variants: list[tuple[str, list[str], tuple[str, ...], dict[str, str]]] = [
             ("chaser-auth existing addresses", existing_bodies, (), {}),
             ("chaser-auth unknown addresses", unknown_bodies, (), {}),
+            ("chaser-auth existing, --workers 2", existing_bodies, ("--workers", "2"), {}),
         ]
         if args.extra_variants:
             variants += [

@@ -169,6 +169,10 @@ class RecoveryService:
             else:
                 minting.append((job, user, requested))
         if minting:
+            # By account: two workers minting for the same accounts lock their token rows in
+            # one order, so they cannot deadlock (PostgreSQL). Within an account, claim order
+            # stays, so the newest request's link is the one that lives.
+            minting.sort(key=lambda item: item[1].id)
             async with self.store.tx() as tx:
                 for job, user, requested in minting:
                     await tx.audit.record(

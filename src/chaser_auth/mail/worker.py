@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from limits import RateLimitItem
+from sqlalchemy.exc import DBAPIError
 
 from chaser_auth import metrics
 from chaser_auth.domain.clock import Clock
@@ -243,6 +244,14 @@ class Worker:
                 continue
             try:
                 plans.update(zip((job.id for job in group), await handler(group), strict=True))
+                continue
+            except DBAPIError as exc:
+                # The database failed us, not a row: every row waits for its retry (its
+                # per-address hits may be counted already; once more row by row would count
+                # them twice).
+                log.warning("planning %d %s rows failed: %s", len(group), kind, type(exc).__name__)
+                for job in group:
+                    await self._fail(job, "database", permanent=False)
                 continue
             except Exception as exc:  # noqa: BLE001 - retried row by row below
                 # One bad row must not stop the others: the group again, one row at a time.
