@@ -386,8 +386,16 @@ async def serve(
     await asyncio.to_thread(migrate.upgrade, settings.database_url)
     app = create_app(settings, clock)
     with sock or bound_socket() as sock:
+        # Keep-alive past any wait in a test: uvicorn closes an idle connection after 5 s by
+        # default, and a client reusing it at that moment gets a ReadError (HTTP/1.1's race,
+        # not ours) — tests that wait ~5 s, e.g. for the LISTEN retry, would hit it.
         config = uvicorn.Config(
-            app, log_config=None, access_log=False, lifespan="on", proxy_headers=False
+            app,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            proxy_headers=False,
+            timeout_keep_alive=120,
         )
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve(sockets=[sock]))
