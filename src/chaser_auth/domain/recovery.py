@@ -31,6 +31,7 @@ from chaser_auth.store.tables import OutboxMessage, ResetToken, User
 RESET_REQUEST = "password_reset_request"
 PASSWORD_CHANGED = "password_changed"  # noqa: S105 - an outbox kind, not a secret
 RESET_PURPOSE = "reset"
+MINT_CHUNK = 16  # links minted per transaction
 
 
 def may_receive_reset(user: User | None) -> bool:
@@ -173,13 +174,16 @@ class RecoveryService:
             # one order, so they cannot deadlock (PostgreSQL). Within an account, claim order
             # stays, so the newest request's link is the one that lives.
             minting.sort(key=lambda item: item[1].id)
-            async with self.store.tx() as tx:
-                for job, user, requested in minting:
-                    await tx.audit.record(
-                        requested.event, now, user_id=user.id, subject=requested.subject
-                    )
-                    token = await self._mint(tx, user, job.id, now, event="reset_token_issued")
-                    plans[job.id] = self._reset_letter(user, token)
+            # A few dozen per transaction: on SQLite a long write transaction would hold every
+            # request's group commit behind it.
+            for start in range(0, len(minting), MINT_CHUNK):
+                async with self.store.tx() as tx:
+                    for job, user, requested in minting[start : start + MINT_CHUNK]:
+                        await tx.audit.record(
+                            requested.event, now, user_id=user.id, subject=requested.subject
+                        )
+                        token = await self._mint(tx, user, job.id, now, event="reset_token_issued")
+                        plans[job.id] = self._reset_letter(user, token)
         return [plans[job.id] for job in jobs]
 
     async def _mint(
