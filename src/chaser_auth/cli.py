@@ -196,11 +196,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.command == "doctor":
         return asyncio.run(_doctor(settings))
+    if args.command == "worker":
+        return _upgrade_apart() or _run(settings, _worker)
     # Every command that touches the database first brings its schema up to date (idempotent),
     # so that `users create` on a fresh machine works before the first `serve`.
     _upgrade(settings.database_url)
-    if args.command == "worker":
-        return _run(settings, _worker)
     if args.command == "users" and args.users_command == "create":
         password = _read_password(args.password_stdin)
         return _run(settings, lambda rt: _create_user(rt, args.email, password))
@@ -215,6 +215,24 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     raise AssertionError(args.command)
 
 
+def _upgrade_apart() -> int:
+    """Apply pending migrations in a child interpreter with this one's environment (so the
+    same settings): Alembic (about 10 MB) then never loads into a long-running process.
+    Returns the child's exit status; on failure the child has said why, in one line."""
+    migrated = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "chaser_auth", "migrate", "--quiet"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if migrated.returncode != 0:
+        sys.stderr.write(migrated.stderr)
+        return migrated.returncode
+    for line in migrated.stderr.splitlines():  # warnings: into this process's (JSON) log
+        log.warning("migrate: %s", line)
+    return 0
+
+
 def _upgrade(database_url: str) -> None:
     from chaser_auth.store import migrate  # noqa: PLC0415 - Alembic only where needed
 
@@ -226,19 +244,8 @@ def serve(settings: Settings, host: str, port: int, workers: int, embedded_worke
 
     from chaser_auth.app import create_app
 
-    # Migrations run in a child interpreter with this one's environment (so the same
-    # settings): Alembic (about 10 MB) then never loads into the process that serves.
-    migrated = subprocess.run(  # noqa: S603 - our own interpreter and module
-        [sys.executable, "-m", "chaser_auth", "migrate", "--quiet"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if migrated.returncode != 0:
-        sys.stderr.write(migrated.stderr)  # the child has said why, in one line
-        return migrated.returncode
-    for line in migrated.stderr.splitlines():  # warnings: into this process's (JSON) log
-        log.warning("migrate: %s", line)
+    if failed := _upgrade_apart():
+        return failed
     load_secret_key(settings)  # create it once here, before any worker process starts
     common: dict[str, Any] = {
         "host": host,

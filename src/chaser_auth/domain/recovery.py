@@ -118,16 +118,14 @@ class RecoveryService:
 
     # -- worker -------------------------------------------------------------------------------
 
-    def subject(self, raw_email: str) -> str:
-        return tokens.keyed_hash(self.secret, address_key(raw_email) or raw_email)
-
     async def prepare_resets(
         self, jobs: Sequence[OutboxMessage], limit: AddressLimit
     ) -> list[Letter | Skip]:
         """What each reset request in `jobs` becomes, in order, with a handful of statements
-        for the whole batch (one account look-up, one limit call, one transaction minting the
-        links) rather than some per row: under a flood most rows are for unknown or throttled
-        addresses, and they must not cost a commit each."""
+        for the whole batch (one account look-up, one limit call, a transaction per
+        `MINT_CHUNK` links minted) rather than some per row: under a flood most rows are for
+        unknown or throttled addresses, and they must not cost a commit each. The limit's
+        subject is a keyed hash of the address key (of the raw string if it has none)."""
         now = self.clock()
         plans: dict[uuid.UUID, Letter | Skip] = {}
         fresh: list[tuple[OutboxMessage, str, str | None]] = []
