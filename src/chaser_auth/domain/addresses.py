@@ -13,6 +13,7 @@ the link to the attacker's spelling).
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 
 import idna
@@ -50,14 +51,22 @@ def _split(raw: str) -> tuple[str, str] | None:
         return None
     if any(_refused(ch) for ch in local):
         return None
+    ascii_domain = _ascii_domain(domain)
+    if ascii_domain is None:
+        return None
+    return unicodedata.normalize("NFC", local), ascii_domain
+
+
+@functools.lru_cache(maxsize=4096)
+def _ascii_domain(domain: str) -> str | None:
+    # Cached: the idna package is pure Python and the worker's costliest step per row, while
+    # a few domains make up most addresses. Bounded, so a flood of new domains only evicts.
     try:
         ascii_domain = idna.encode(domain, uts46=True).decode("ascii")
     except (idna.IDNAError, UnicodeError, ValueError):
         return None
     ascii_domain = ascii_domain.removesuffix(".")  # "。" maps to a root dot too
-    if not ascii_domain:
-        return None
-    return unicodedata.normalize("NFC", local), ascii_domain
+    return ascii_domain or None
 
 
 def address_key(raw: str) -> str | None:
