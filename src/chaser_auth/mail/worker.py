@@ -52,7 +52,7 @@ log = logging.getLogger("chaser_auth.worker")
 
 BATCH = 256  # rows claimed per round
 SENDING = 16  # messages with the transport at once
-GATHER = 0.01  # seconds to let rows gather after a round that did not fill its batch
+GATHER = 0.025  # seconds to let rows gather before a round (unless the last one was full)
 HOUSEKEEPING_INTERVAL = 3600.0  # seconds between chores: audit retention, old limit hits
 
 
@@ -172,10 +172,11 @@ class Worker:
                     handled = 0
                 if handled == 0:
                     await self._idle(stop)
-                elif handled < BATCH:
-                    # Under load, a round started at every wake-up would handle a row or two
-                    # and pay its transactions for those alone: a short pause lets the next
-                    # round take many at once. A lone request still goes out at once.
+                if handled < BATCH:
+                    # A round started at every wake-up would handle a row or two and pay its
+                    # transactions for those alone, and on one event loop it would fall in
+                    # among the requests of a client that sends one after another: a short
+                    # pause lets the next round take many at once.
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), GATHER)
         finally:
