@@ -204,31 +204,28 @@ class Worker:
         self.wake.clear()
 
     async def run_once(self) -> int:
-        """One round: claim a batch, plan it kind by kind, send, record. Rows that need no
-        mail cost no transaction of their own: their outcome, and every audit note, is
-        written together with the sent ones in one closing transaction."""
+        """One round: claim a batch, plan it kind by kind, record the rows that need no mail
+        (one transaction for all their outcomes and audit notes: under a flood they are most
+        rows), then send. Each sent message is recorded as soon as the transport took it, in
+        a transaction of its own: were the process to die mid-round, only messages still in
+        flight would go out again after the lease, not every one the round had sent."""
         now = self.clock()
         async with self.store.tx() as tx:
             jobs = await tx.outbox.claim(now, now + self.lease, BATCH)
         if not jobs:
             return 0
-        done: list[tuple[OutboxMessage, str, Sequence[Note]]] = []
+        skipped: list[tuple[OutboxMessage, str, Sequence[Note]]] = []
         letters: list[tuple[OutboxMessage, Letter]] = []
         for job, plan in await self._plan(jobs):
             if isinstance(plan, Skip):
-                done.append((job, plan.outcome, plan.notes))
+                skipped.append((job, plan.outcome, plan.notes))
             elif plan is not None:
                 letters.append((job, plan))
+        await self._finish(skipped)
         # Side by side, a few at a time: a remote SMTP conversation takes tens of
         # milliseconds, and one slow relay must not hold up the rest of the batch.
         gate = asyncio.Semaphore(SENDING)
-        sent = await asyncio.gather(*(self._send(job, letter, gate) for job, letter in letters))
-        done += [
-            (job, "sent", letter.notes)
-            for (job, letter), ok in zip(letters, sent, strict=True)
-            if ok
-        ]
-        await self._finish(done)
+        await asyncio.gather(*(self._send(job, letter, gate) for job, letter in letters))
         return len(jobs)
 
     async def _plan(self, jobs: Sequence[OutboxMessage]) -> list[tuple[OutboxMessage, Plan]]:
@@ -271,14 +268,15 @@ class Worker:
                     await self._fail(job, f"error_{type(exc).__name__}", permanent=False)
         return [(job, plans.get(job.id)) for job in jobs]
 
-    async def _send(self, job: OutboxMessage, letter: Letter, gate: asyncio.Semaphore) -> bool:
-        """Render and hand `letter` to the transport; False if it did not go (recorded)."""
+    async def _send(self, job: OutboxMessage, letter: Letter, gate: asyncio.Semaphore) -> None:
+        """Render and hand `letter` to the transport, then record it sent; a failure is
+        recorded on the row instead."""
         async with gate:
             try:
                 if self.mail_rate is not None and not await self._within_mail_rate(
                     job, self.mail_rate
                 ):
-                    return False
+                    return
                 message = self.renderer.render(
                     letter.template,
                     to=letter.to,
@@ -289,12 +287,12 @@ class Worker:
                 await self.transport.send(message)
             except DeliveryError as exc:
                 await self._fail(job, exc.code, permanent=exc.permanent)
-                return False
+                return
             except Exception as exc:  # noqa: BLE001 - one bad row must not stop the others
                 log.error("delivery of %s failed unexpectedly: %s", job.id, type(exc).__name__)
                 await self._fail(job, f"error_{type(exc).__name__}", permanent=False)
-                return False
-            return True
+                return
+        await self._finish([(job, "sent", letter.notes)])
 
     async def _within_mail_rate(self, job: OutboxMessage, rate: RateLimitItem) -> bool:
         verdict = await self.limiter.hit(rate, "mail-rate", "all")
@@ -308,7 +306,7 @@ class Worker:
         return False
 
     async def _finish(self, done: Sequence[tuple[OutboxMessage, str, Sequence[Note]]]) -> None:
-        """Record the outcomes of a round and their audit events, in one transaction."""
+        """Record outcomes and their audit events, in one transaction."""
         if not done:
             return
         now = self.clock()
