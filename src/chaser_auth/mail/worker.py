@@ -69,6 +69,43 @@ def one_by_one(prepare: Callable[[OutboxMessage], Awaitable[Letter | Skip]]) -> 
     return handler
 
 
+Outcome = tuple[OutboxMessage, str, Sequence[Note]]
+
+
+class _Recorder:
+    """Group commit for sent messages: each is handed over the moment the transport took
+    it; one writer records whatever has been handed over while its previous transaction
+    ran. Alone, a message is recorded at once; many sent together share a transaction."""
+
+    def __init__(self, finish: Callable[[Sequence[Outcome]], Awaitable[None]]) -> None:
+        self._finish = finish
+        self._pending: list[Outcome] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._failure: Exception | None = None
+
+    def add(self, outcome: Outcome) -> None:
+        self._pending.append(outcome)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write())
+
+    async def _write(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                await self._finish(batch)
+            except Exception as exc:  # noqa: BLE001 - raised by close(); the rows stay leased
+                self._failure = self._failure or exc
+
+    async def close(self) -> None:
+        """Wait until everything handed over is recorded; raise the first failure, if any
+        (its rows were sent but not recorded: they go out again after their lease)."""
+        while self._writer is not None:
+            writer, self._writer = self._writer, None
+            await writer
+        if self._failure is not None:
+            raise self._failure
+
+
 class PerAddressLimit:
     """`recovery.AddressLimit` through the rate limiter (the per-address setting)."""
 
@@ -206,15 +243,15 @@ class Worker:
     async def run_once(self) -> int:
         """One round: claim a batch, plan it kind by kind, record the rows that need no mail
         (one transaction for all their outcomes and audit notes: under a flood they are most
-        rows), then send. Each sent message is recorded as soon as the transport took it, in
-        a transaction of its own: were the process to die mid-round, only messages still in
-        flight would go out again after the lease, not every one the round had sent."""
+        rows), then send. Each sent message is recorded as soon as the transport took it
+        (`_Recorder`): were the process to die mid-round, only messages in flight would go
+        out again after the lease, not every one the round had sent."""
         now = self.clock()
         async with self.store.tx() as tx:
             jobs = await tx.outbox.claim(now, now + self.lease, BATCH)
         if not jobs:
             return 0
-        skipped: list[tuple[OutboxMessage, str, Sequence[Note]]] = []
+        skipped: list[Outcome] = []
         letters: list[tuple[OutboxMessage, Letter]] = []
         for job, plan in await self._plan(jobs):
             if isinstance(plan, Skip):
@@ -225,7 +262,9 @@ class Worker:
         # Side by side, a few at a time: a remote SMTP conversation takes tens of
         # milliseconds, and one slow relay must not hold up the rest of the batch.
         gate = asyncio.Semaphore(SENDING)
-        await asyncio.gather(*(self._send(job, letter, gate) for job, letter in letters))
+        sent = _Recorder(self._finish)
+        await asyncio.gather(*(self._send(job, letter, gate, sent) for job, letter in letters))
+        await sent.close()
         return len(jobs)
 
     async def _plan(self, jobs: Sequence[OutboxMessage]) -> list[tuple[OutboxMessage, Plan]]:
@@ -268,9 +307,11 @@ class Worker:
                     await self._fail(job, f"error_{type(exc).__name__}", permanent=False)
         return [(job, plans.get(job.id)) for job in jobs]
 
-    async def _send(self, job: OutboxMessage, letter: Letter, gate: asyncio.Semaphore) -> None:
-        """Render and hand `letter` to the transport, then record it sent; a failure is
-        recorded on the row instead."""
+    async def _send(
+        self, job: OutboxMessage, letter: Letter, gate: asyncio.Semaphore, sent: _Recorder
+    ) -> None:
+        """Render and hand `letter` to the transport, then have it recorded sent; a failure
+        is recorded on the row instead."""
         async with gate:
             try:
                 if self.mail_rate is not None and not await self._within_mail_rate(
@@ -292,7 +333,7 @@ class Worker:
                 log.error("delivery of %s failed unexpectedly: %s", job.id, type(exc).__name__)
                 await self._fail(job, f"error_{type(exc).__name__}", permanent=False)
                 return
-        await self._finish([(job, "sent", letter.notes)])
+        sent.add((job, "sent", letter.notes))
 
     async def _within_mail_rate(self, job: OutboxMessage, rate: RateLimitItem) -> bool:
         verdict = await self.limiter.hit(rate, "mail-rate", "all")
@@ -305,7 +346,7 @@ class Worker:
             await tx.outbox.retry_later(job.id, at, "mail_rate", refund=True)
         return False
 
-    async def _finish(self, done: Sequence[tuple[OutboxMessage, str, Sequence[Note]]]) -> None:
+    async def _finish(self, done: Sequence[Outcome]) -> None:
         """Record outcomes and their audit events, in one transaction."""
         if not done:
             return
