@@ -73,9 +73,10 @@ Outcome = tuple[OutboxMessage, str, Sequence[Note]]
 
 
 class _Recorder:
-    """Group commit for sent messages: each is handed over the moment the transport took
-    it; one writer records whatever has been handed over while its previous transaction
-    ran. Alone, a message is recorded at once; many sent together share a transaction."""
+    """Group commit for a round's outcomes: each is handed over the moment it is known (a
+    message the moment the transport took it); one writer records whatever has been handed
+    over while its previous transaction ran. Alone, an outcome is recorded at once; many
+    together share a transaction."""
 
     def __init__(self, finish: Callable[[Sequence[Outcome]], Awaitable[None]]) -> None:
         self._finish = finish
@@ -241,11 +242,11 @@ class Worker:
         self.wake.clear()
 
     async def run_once(self) -> int:
-        """One round: claim a batch, plan it kind by kind, record the rows that need no mail
-        (one transaction for all their outcomes and audit notes: under a flood they are most
-        rows), then send. Each sent message is recorded as soon as the transport took it
-        (`_Recorder`): were the process to die mid-round, only messages in flight would go
-        out again after the lease, not every one the round had sent."""
+        """One round: claim a batch, plan it kind by kind, send. Outcomes are recorded through
+        `_Recorder`: the rows that need no mail (most rows, under a flood) in one transaction
+        for all their outcomes and audit notes, and each sent message as soon as the transport
+        took it — were the process to die mid-round, only messages in flight would go out
+        again after the lease, not every one the round had sent."""
         now = self.clock()
         async with self.store.tx() as tx:
             jobs = await tx.outbox.claim(now, now + self.lease, BATCH)
@@ -258,13 +259,15 @@ class Worker:
                 skipped.append((job, plan.outcome, plan.notes))
             elif plan is not None:
                 letters.append((job, plan))
-        await self._finish(skipped)
+        # The rows that need no mail are recorded beside the sending, not before it.
+        record = _Recorder(self._finish)
+        for outcome in skipped:
+            record.add(outcome)
         # Side by side, a few at a time: a remote SMTP conversation takes tens of
         # milliseconds, and one slow relay must not hold up the rest of the batch.
         gate = asyncio.Semaphore(SENDING)
-        sent = _Recorder(self._finish)
-        await asyncio.gather(*(self._send(job, letter, gate, sent) for job, letter in letters))
-        await sent.close()
+        await asyncio.gather(*(self._send(job, letter, gate, record) for job, letter in letters))
+        await record.close()
         return len(jobs)
 
     async def _plan(self, jobs: Sequence[OutboxMessage]) -> list[tuple[OutboxMessage, Plan]]:
@@ -308,7 +311,7 @@ class Worker:
         return [(job, plans.get(job.id)) for job in jobs]
 
     async def _send(
-        self, job: OutboxMessage, letter: Letter, gate: asyncio.Semaphore, sent: _Recorder
+        self, job: OutboxMessage, letter: Letter, gate: asyncio.Semaphore, record: _Recorder
     ) -> None:
         """Render and hand `letter` to the transport, then have it recorded sent; a failure
         is recorded on the row instead."""
@@ -333,7 +336,7 @@ class Worker:
                 log.error("delivery of %s failed unexpectedly: %s", job.id, type(exc).__name__)
                 await self._fail(job, f"error_{type(exc).__name__}", permanent=False)
                 return
-        sent.add((job, "sent", letter.notes))
+        record.add((job, "sent", letter.notes))
 
     async def _within_mail_rate(self, job: OutboxMessage, rate: RateLimitItem) -> bool:
         verdict = await self.limiter.hit(rate, "mail-rate", "all")
