@@ -145,7 +145,7 @@ async def test_mail_rate_cap_makes_mail_wait_without_using_up_attempts(
             await app.request_reset(f"capped{i}@example.com")
 
         def two_sent_two_waiting(rows: list) -> bool:
-            # A round records what it sent once the round is over: wait for the rows, too.
+            # A sent message is recorded just after the transport took it: wait for the rows too.
             sent = [r for r in rows if r.outcome == "sent"]
             waiting = [r for r in rows if r.status == "queued" and r.last_error == "mail_rate"]
             return len(smtp.sink.messages) == 2 and len(sent) == 2 and len(waiting) == 2

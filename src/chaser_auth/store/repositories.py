@@ -271,9 +271,6 @@ class Outbox:
             .values(user_id=user_id, payload=None)
         )
 
-    async def finish(self, message_id: uuid.UUID, outcome: str, now: datetime) -> None:
-        await self.finish_many([message_id], outcome, now)
-
     async def finish_many(
         self, message_ids: Sequence[uuid.UUID], outcome: str, now: datetime
     ) -> None:
