@@ -54,7 +54,8 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        headers = dict(scope["headers"])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = request_id
         bound = current_request_id.set(request_id)
@@ -70,7 +71,7 @@ class EdgeMiddleware:
             await send(message)
 
         try:
-            replay = await self._read_body(scope, receive)
+            replay = await self._read_body(headers.get(b"content-length"), receive)
             if isinstance(replay, ChaserError):
                 await send_error(replay, send_with_headers)
             else:
@@ -103,8 +104,7 @@ class EdgeMiddleware:
             current_request_id.reset(bound)
 
     @staticmethod
-    async def _read_body(scope: Scope, receive: Receive) -> Receive | ChaserError:
-        declared = dict(scope["headers"]).get(b"content-length")
+    async def _read_body(declared: bytes | None, receive: Receive) -> Receive | ChaserError:
         if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
             return PayloadTooLarge(details=[{"max_bytes": MAX_BODY}])
         chunks: list[bytes] = []

@@ -44,6 +44,7 @@ from chaser_auth.domain.registration import REGISTER, RegistrationService
 from chaser_auth.mail.messages import Renderer
 from chaser_auth.mail.transport import DeliveryError, MailTransport
 from chaser_auth.ratelimit import Limiter
+from chaser_auth.store.intake import GroupCommit
 from chaser_auth.store.notify import OutboxListener
 from chaser_auth.store.repositories import Store
 from chaser_auth.store.tables import OutboxMessage
@@ -70,41 +71,6 @@ def one_by_one(prepare: Callable[[OutboxMessage], Awaitable[Letter | Skip]]) -> 
 
 
 Outcome = tuple[OutboxMessage, str, Sequence[Note]]
-
-
-class _Recorder:
-    """Group commit for a round's outcomes: each is handed over the moment it is known (a
-    message the moment the transport took it); one writer records whatever has been handed
-    over while its previous transaction ran. Alone, an outcome is recorded at once; many
-    together share a transaction."""
-
-    def __init__(self, finish: Callable[[Sequence[Outcome]], Awaitable[None]]) -> None:
-        self._finish = finish
-        self._pending: list[Outcome] = []
-        self._writer: asyncio.Task[None] | None = None
-        self._failure: Exception | None = None
-
-    def add(self, outcome: Outcome) -> None:
-        self._pending.append(outcome)
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write())
-
-    async def _write(self) -> None:
-        while self._pending:
-            batch, self._pending = self._pending, []
-            try:
-                await self._finish(batch)
-            except Exception as exc:  # noqa: BLE001 - raised by close(); the rows stay leased
-                self._failure = self._failure or exc
-
-    async def close(self) -> None:
-        """Wait until everything handed over is recorded; raise the first failure, if any
-        (its rows were sent but not recorded: they go out again after their lease)."""
-        while self._writer is not None:
-            writer, self._writer = self._writer, None
-            await writer
-        if self._failure is not None:
-            raise self._failure
 
 
 class PerAddressLimit:
@@ -243,7 +209,7 @@ class Worker:
 
     async def run_once(self) -> int:
         """One round: claim a batch, plan it kind by kind, send. Outcomes are recorded through
-        `_Recorder`: the rows that need no mail (most rows, under a flood) in one transaction
+        a `GroupCommit`: the rows that need no mail (most rows, under a flood) in one transaction
         for all their outcomes and audit notes, and each sent message as soon as the transport
         took it — were the process to die mid-round, only messages in flight would go out
         again after the lease, not every one the round had sent."""
@@ -260,14 +226,19 @@ class Worker:
             elif plan is not None:
                 letters.append((job, plan))
         # The rows that need no mail are recorded beside the sending, not before it.
-        record = _Recorder(self._finish)
-        for outcome in skipped:
-            record.add(outcome)
+        record: GroupCommit[Outcome] = GroupCommit(self._finish)
+        recorded = [record.submit(outcome) for outcome in skipped]
         # Side by side, a few at a time: a remote SMTP conversation takes tens of
         # milliseconds, and one slow relay must not hold up the rest of the batch.
         gate = asyncio.Semaphore(SENDING)
-        await asyncio.gather(*(self._send(job, letter, gate, record) for job, letter in letters))
-        await record.close()
+        sent = await asyncio.gather(
+            *(self._send(job, letter, gate, record) for job, letter in letters)
+        )
+        recorded += [future for future in sent if future is not None]
+        # A failed write: its rows were handled but not recorded, and go again after the lease.
+        for result in await asyncio.gather(*recorded, return_exceptions=True):
+            if isinstance(result, BaseException):
+                raise result
         return len(jobs)
 
     async def _plan(self, jobs: Sequence[OutboxMessage]) -> list[tuple[OutboxMessage, Plan]]:
@@ -311,16 +282,20 @@ class Worker:
         return [(job, plans.get(job.id)) for job in jobs]
 
     async def _send(
-        self, job: OutboxMessage, letter: Letter, gate: asyncio.Semaphore, record: _Recorder
-    ) -> None:
-        """Render and hand `letter` to the transport, then have it recorded sent; a failure
-        is recorded on the row instead."""
+        self,
+        job: OutboxMessage,
+        letter: Letter,
+        gate: asyncio.Semaphore,
+        record: GroupCommit[Outcome],
+    ) -> asyncio.Future[None] | None:
+        """Render and hand `letter` to the transport, then hand it to `record` as sent (the
+        future of that write); None if it did not go (the failure is recorded on the row)."""
         async with gate:
             try:
                 if self.mail_rate is not None and not await self._within_mail_rate(
                     job, self.mail_rate
                 ):
-                    return
+                    return None
                 message = self.renderer.render(
                     letter.template,
                     to=letter.to,
@@ -331,12 +306,12 @@ class Worker:
                 await self.transport.send(message)
             except DeliveryError as exc:
                 await self._fail(job, exc.code, permanent=exc.permanent)
-                return
+                return None
             except Exception as exc:  # noqa: BLE001 - one bad row must not stop the others
                 log.error("delivery of %s failed unexpectedly: %s", job.id, type(exc).__name__)
                 await self._fail(job, f"error_{type(exc).__name__}", permanent=False)
-                return
-        record.add((job, "sent", letter.notes))
+                return None
+        return record.submit((job, "sent", letter.notes))
 
     async def _within_mail_rate(self, job: OutboxMessage, rate: RateLimitItem) -> bool:
         verdict = await self.limiter.hit(rate, "mail-rate", "all")
