@@ -17,8 +17,8 @@ from chaser_auth.mail.messages import Renderer
 from chaser_auth.mail.transport import FileTransport, MailTransport, SmtpTransport
 from chaser_auth.mail.worker import PerAddressLimit, StoredAddressLimit, Worker
 from chaser_auth.ratelimit import Limiter
-from chaser_auth.store.engine import create_engine
-from chaser_auth.store.intake import OutboxIntake
+from chaser_auth.store.engine import create_engine, sqlite_path
+from chaser_auth.store.intake import Intake, OutboxIntake, SqliteIntake
 from chaser_auth.store.notify import OutboxListener, is_postgres
 from chaser_auth.store.repositories import Store
 
@@ -55,7 +55,8 @@ class Runtime:
         sessions = SessionService(
             store, clock, secret, settings.session_idle_ttl, settings.session_max_ttl
         )
-        intake = OutboxIntake(store)
+        path = sqlite_path(settings.database_url)
+        intake: Intake = SqliteIntake(path) if path is not None else OutboxIntake(store)
         return cls(
             settings=settings,
             clock=clock,

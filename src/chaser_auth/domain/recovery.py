@@ -24,7 +24,7 @@ from chaser_auth.domain.clock import Clock
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.sessions import AuthResult, SessionService
 from chaser_auth.errors import AccountDisabled, InvalidToken
-from chaser_auth.store.intake import OutboxIntake
+from chaser_auth.store.intake import Intake
 from chaser_auth.store.repositories import Store, Tx
 from chaser_auth.store.tables import OutboxMessage, ResetToken, User
 
@@ -90,7 +90,7 @@ class RecoveryService:
         self,
         *,
         store: Store,
-        intake: OutboxIntake,
+        intake: Intake,
         clock: Clock,
         secret: bytes,
         reset_ttl: int,

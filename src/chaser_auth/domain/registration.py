@@ -26,7 +26,7 @@ from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.recovery import AddressLimit, Letter, Skip
 from chaser_auth.domain.sessions import AuthResult, SessionService
 from chaser_auth.errors import InvalidAddress, InvalidToken
-from chaser_auth.store.intake import OutboxIntake
+from chaser_auth.store.intake import Intake
 from chaser_auth.store.repositories import Store, Tx
 from chaser_auth.store.tables import OutboxMessage, User, VerifyToken
 
@@ -39,7 +39,7 @@ class RegistrationService:
         self,
         *,
         store: Store,
-        intake: OutboxIntake,
+        intake: Intake,
         clock: Clock,
         secret: bytes,
         verify_ttl: int,
