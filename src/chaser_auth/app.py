@@ -11,11 +11,12 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from chaser_auth import __version__
 from chaser_auth.api import accounts, errors, health, reset, signup
 from chaser_auth.api.deps import parse_proxies
-from chaser_auth.api.fastpath import SeedFastPath
+from chaser_auth.api.fastpath import SeedLane
 from chaser_auth.api.middleware import EdgeMiddleware
 from chaser_auth.config import Settings
 from chaser_auth.domain.clock import Clock, utcnow
@@ -26,6 +27,17 @@ from chaser_auth.web import pages
 DESCRIPTION = """Self-hostable implementation of the `auth` surface of the Chaser Core API.
 
 Every error has one shape: `{"error": {"code", "message", "details"}}`."""
+
+
+class ChaserAPI(FastAPI):
+    """FastAPI with the seed endpoint's lane (`api.fastpath.SeedLane`) in front of its whole
+    middleware stack, error middleware included: the lane answers the everyday seed request
+    and hands everything else to the stack."""
+
+    def build_middleware_stack(self) -> ASGIApp:
+        stack = super().build_middleware_stack()
+        route = next(r for r in reset.router.routes if getattr(r, "path", None) == reset.SEED_PATH)
+        return SeedLane(stack, route)
 
 
 def create_app(settings: Settings, clock: Clock = utcnow) -> FastAPI:
@@ -43,7 +55,7 @@ def create_app(settings: Settings, clock: Clock = utcnow) -> FastAPI:
                 await task
             await runtime.close()
 
-    app = FastAPI(
+    app = ChaserAPI(
         title="chaser-auth",
         version=__version__,
         description=DESCRIPTION,
@@ -64,8 +76,6 @@ def create_app(settings: Settings, clock: Clock = utcnow) -> FastAPI:
     app.include_router(health.router)
     app.include_router(pages.router(settings))
     app.mount("/static", pages.static_files(settings), name="static")
-    seed_route = next(r for r in reset.router.routes if getattr(r, "path", None) == reset.SEED_PATH)
-    app.add_middleware(SeedFastPath, route=seed_route)  # inside EdgeMiddleware, added next
     app.add_middleware(EdgeMiddleware)
     return app
 

@@ -1,7 +1,8 @@
-"""POST /auth/password-reset/request through `SeedFastPath`: the lean ASGI layer answers a JSON
-body that validates; everything else goes on to the FastAPI route. Whichever way a request
-goes, the client sees the same bytes, the request is recorded durably (or, refused, not at
-all), and it is counted and logged under the route template like any other request.
+"""POST /auth/password-reset/request through `SeedLane`: the lean ASGI layer in front of the
+stack answers a JSON body that validates; everything else goes on to the FastAPI route.
+Whichever way a request goes, the client sees the same bytes, the request is recorded durably
+(or, refused, not at all), and it is counted and logged under the route template like any
+other request.
 
 There is no peeking at which layer answered: the same request sent with another JSON media type
 (`application/merge-patch+json`, which only the FastAPI route takes) is the reference answer.
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +132,25 @@ async def test_a_body_that_does_not_validate_gets_the_fastapi_422_and_is_not_rec
         assert comparable(response) == reference, content_type
         assert response.headers["cache-control"] == "no-store"
     assert await reset_rows(app) == 0
+
+
+async def test_a_body_in_pieces_and_a_client_request_id_get_the_same_answer(app: Served) -> None:
+    async def pieces() -> AsyncIterator[bytes]:  # sent chunked, without a Content-Length
+        yield BODY[:9]
+        yield BODY[9:]
+
+    json_type = {"Content-Type": "application/json"}
+    streamed = await app.client.post(
+        SEED_PATH, content=pieces(), headers={**json_type, "X-Request-ID": "trace-1"}
+    )
+    plain = await post(app, BODY, "application/json", **{"X-Request-ID": "trace-2"})
+    assert comparable(streamed) == comparable(plain)
+    assert streamed.status_code == 200
+    assert (streamed.headers["x-request-id"], plain.headers["x-request-id"]) == (
+        "trace-1",
+        "trace-2",
+    )
+    assert await reset_rows(app) == 2
 
 
 # -- the per-IP limit ---------------------------------------------------------------------------

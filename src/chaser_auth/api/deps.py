@@ -8,6 +8,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.types import Scope
 
 from chaser_auth.domain.sessions import Authenticated
 from chaser_auth.runtime import Runtime
@@ -35,22 +36,33 @@ def client_address(request: Request) -> str:
     """The peer's address; behind `CHASER_AUTH_TRUSTED_PROXIES`, the right-most address in
     X-Forwarded-For that is not itself a trusted proxy (left-most entries are client-supplied
     and forgeable — OWASP, and MDN's X-Forwarded-For "Selecting an IP address")."""
-    peer = request.client.host if request.client else "unknown"
-    proxies: tuple[Network, ...] = request.app.state.trusted_proxies
-    if not proxies or not _within(peer, proxies):
-        return peer
-    hops = [h.strip() for h in request.headers.get("x-forwarded-for", "").split(",") if h.strip()]
-    for hop in reversed(hops):
-        if not _within(hop, proxies):
-            return hop
-    return peer
+    return scope_client_address(request.scope)
 
 
 def client_key(request: Request) -> str:
     """The unit a per-client limit counts: one IPv4 address, or one IPv6 /64 — a single
     subscriber usually holds a whole /64 (RFC 6177), so per-address IPv6 limits are free to
     dodge. An IPv4-mapped IPv6 address counts as its IPv4 address."""
-    return _limit_unit(client_address(request))
+    return _limit_unit(scope_client_address(request.scope))
+
+
+def scope_client_key(scope: Scope) -> str:
+    """`client_key` from the ASGI scope (for the seed lane, which builds no `Request`)."""
+    return _limit_unit(scope_client_address(scope))
+
+
+def scope_client_address(scope: Scope) -> str:
+    client = scope.get("client")
+    peer = client[0] if client else "unknown"
+    proxies: tuple[Network, ...] = scope["app"].state.trusted_proxies
+    if not proxies or not _within(peer, proxies):
+        return peer
+    forwarded = b",".join(v for k, v in scope["headers"] if k == b"x-forwarded-for")
+    hops = [h.strip() for h in forwarded.decode("latin-1").split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _within(hop, proxies):
+            return hop
+    return peer
 
 
 @functools.lru_cache(maxsize=4096)

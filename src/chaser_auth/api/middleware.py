@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 import time
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -55,11 +55,10 @@ class EdgeMiddleware:
             return
         started = time.perf_counter()
         headers = dict(scope["headers"])
-        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        request_id = new_request_id(headers.get(b"x-request-id"))
         scope.setdefault("state", {})["request_id"] = request_id
         bound = current_request_id.set(request_id)
-        extra = [(b"x-request-id", request_id.encode()), *_BASE_HEADERS]
+        extra = edge_headers(request_id)
         status_seen: dict[str, Any] = {"status": 500, "started": False}
 
         async def send_with_headers(message: Message) -> None:
@@ -77,30 +76,13 @@ class EdgeMiddleware:
             else:
                 await self.app(scope, replay, send_with_headers)
         except Exception as exc:  # noqa: BLE001 - last line of defence; logged without its text
-            errors.error(
-                "unhandled %s on %s %s", type(exc).__name__, scope["method"], scope["path"]
-            )
+            log_unhandled(exc, scope)
             if not status_seen["started"]:
                 await send_error(InternalError(), send_with_headers)
         finally:
-            elapsed = time.perf_counter() - started
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            metrics.REQUESTS.labels(template, scope["method"], str(status_seen["status"])).inc()
-            metrics.LATENCY.labels(template, scope["method"]).observe(elapsed)
-            access.info(
-                "%s %s %s %.1fms",
-                scope["method"],
-                scope["path"],
-                status_seen["status"],
-                elapsed * 1000,
-                extra={
-                    "method": scope["method"],
-                    "path": scope["path"],
-                    "status": status_seen["status"],
-                    "duration_ms": round(elapsed * 1000, 2),
-                },
-            )
+            answered(scope, template, status_seen["status"], started)
             current_request_id.reset(bound)
 
     @staticmethod
@@ -122,6 +104,45 @@ class EdgeMiddleware:
                 break
         whole: Message = {"type": "http.request", "body": b"".join(chunks), "more_body": False}
         return replay(whole, receive)
+
+
+def new_request_id(incoming: bytes | None) -> str:
+    """The client's `X-Request-ID` if it is a sane one, else a fresh random id."""
+    if incoming:
+        text = incoming.decode("latin-1")
+        if _REQUEST_ID.fullmatch(text):
+            return text
+    return f"{random.getrandbits(128):032x}"
+
+
+def edge_headers(request_id: str) -> list[tuple[bytes, bytes]]:
+    """The headers every response gets."""
+    return [(b"x-request-id", request_id.encode()), *_BASE_HEADERS]
+
+
+def log_unhandled(exc: Exception, scope: Scope) -> None:
+    errors.error("unhandled %s on %s %s", type(exc).__name__, scope["method"], scope["path"])
+
+
+def answered(scope: Scope, template: str, status: int, started: float) -> None:
+    """Count and log an answered request (metrics by route template; the access log line)."""
+    elapsed = time.perf_counter() - started
+    method = scope["method"]
+    metrics.REQUESTS.labels(template, method, str(status)).inc()
+    metrics.LATENCY.labels(template, method).observe(elapsed)
+    access.info(
+        "%s %s %s %.1fms",
+        method,
+        scope["path"],
+        status,
+        elapsed * 1000,
+        extra={
+            "method": method,
+            "path": scope["path"],
+            "status": status,
+            "duration_ms": round(elapsed * 1000, 2),
+        },
+    )
 
 
 def replay(first: Message, receive: Receive) -> Receive:

@@ -43,7 +43,7 @@ REQUESTED_BODY = REQUESTED.model_dump_json().encode()
 async def request_password_reset(
     body: PasswordResetRequest, request: Request, runtime: RuntimeDep
 ) -> Response:
-    # The everyday request does not come here: `fastpath.SeedFastPath` answers it. This route
+    # The everyday request does not come here: `fastpath.SeedLane` answers it. This route
     # serves the rest (an unusual content type) and describes the endpoint in OpenAPI.
     await record_request(runtime, client_key(request), body.email)
     return Response(REQUESTED_BODY, media_type="application/json")
