@@ -106,6 +106,7 @@ _INSERT = (
     "INSERT INTO outbox (id, kind, status, payload, attempts, created_at, available_at) "
     "VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
+_INSERT_COLUMNS = 7
 Waiting = tuple[tuple[Any, ...], asyncio.Future[None]]
 
 
@@ -113,8 +114,9 @@ class SqliteIntake:
     """`OutboxIntake` for the SQLite file, written by a thread of its own.
 
     Requests queue their row and wait on a future; the thread takes everything queued, writes
-    it in one `BEGIN IMMEDIATE` transaction (the engine's pragmas: WAL, `synchronous=FULL`,
-    the busy timeout), and settles that batch's futures with one callback on the event loop —
+    it with one multi-row INSERT, its own transaction (the engine's pragmas: WAL,
+    `synchronous=FULL`, the busy timeout), and settles that batch's futures with one callback
+    on the event loop —
     success once committed, or the error (as SQLAlchemy's `DBAPIError`, like every other
     database fault, so the API answers it the same way). Values are converted by the outbox
     columns' own SQLAlchemy types, so these rows are stored exactly as the `Store` stores them."""
@@ -123,12 +125,12 @@ class SqliteIntake:
         self.path = path
         dialect = sqlite.dialect()
         columns = OutboxMessage.__table__.c
-        self._uuid = columns.id.type.bind_processor(dialect)
         self._json = columns.payload.type.bind_processor(dialect)
         self._time = columns.created_at.type.bind_processor(dialect)
         self._queue: list[Waiting] = []
         self._ready = threading.Condition()
         self._closing = False
+        self._batch_rows = 999 // _INSERT_COLUMNS  # until the connection tells its limit
         self._thread: threading.Thread | None = None  # started by the first row
 
     async def enqueue(self, kind: str, now: datetime, payload: dict[str, Any]) -> None:
@@ -160,8 +162,8 @@ class SqliteIntake:
                     self._ready.wait()
                 if not self._queue:
                     break
-                batch = self._queue[:MAX_BATCH]
-                del self._queue[:MAX_BATCH]
+                batch = self._queue[: self._batch_rows]
+                del self._queue[: self._batch_rows]
             failure: Exception | None = None
             try:
                 if connection is None:
@@ -179,6 +181,10 @@ class SqliteIntake:
     def _connect(self) -> sqlite3.Connection:
         connection = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         sqlite_pragmas(connection)
+        # A batch is one statement: as many rows as its bound values allow (999 values before
+        # SQLite 3.32, 32,766 since).
+        variables = connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        self._batch_rows = max(1, min(MAX_BATCH, variables // _INSERT_COLUMNS))
         return connection
 
     def _write(self, connection: sqlite3.Connection, batch: list[Waiting]) -> None:
@@ -190,14 +196,14 @@ class SqliteIntake:
             row_id = _uuid4_hex(raw)
             payload_text = self._json(payload) if self._json else payload
             rows.append((row_id, kind, QUEUED, payload_text, 0, at, at))
+        # One statement, in autocommit: the sqlite3 module lets go of the GIL around each call
+        # into SQLite and must win it back from the busy event loop after, so a batch makes one
+        # such call, not BEGIN + a step per row + COMMIT. (A lone INSERT takes the write lock
+        # itself and waits for it under the busy timeout, as BEGIN IMMEDIATE would.)
+        statement = _INSERT + ", (?, ?, ?, ?, ?, ?, ?)" * (len(rows) - 1)
         try:
-            connection.execute("BEGIN IMMEDIATE")
-            connection.executemany(_INSERT, rows)
-            connection.execute("COMMIT")
+            connection.execute(statement, [value for row in rows for value in row])
         except sqlite3.Error as exc:
-            if connection.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    connection.execute("ROLLBACK")
             raise DBAPIError.instance(
                 _INSERT, None, exc, sqlite3.Error, hide_parameters=True
             ) from exc
