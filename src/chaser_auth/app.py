@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -47,9 +48,16 @@ def create_app(settings: Settings, clock: Clock = utcnow) -> FastAPI:
         app.state.runtime = runtime
         stop = asyncio.Event()
         task = asyncio.create_task(runtime.worker().run(stop)) if settings.embedded_worker else None
+        # What start-up built (modules, models, the runtime) lives as long as the process: out
+        # of the collector's sight, a full collection under load no longer walks it all and
+        # stops the event loop for tens of milliseconds (the p99 of the seed bench: 70 ms with,
+        # 11 ms without). Python's documented `gc.freeze`; objects made later are collected.
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()
             stop.set()
             if task is not None:
                 await task
