@@ -14,9 +14,10 @@ Keys never hold an address: callers pass a keyed hash (`tokens.keyed_hash`)."""
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
-from collections import deque
+from array import array
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, TypeVar
@@ -77,14 +78,15 @@ class LocalMovingWindow:
     Why not `limits`' own `MemoryStorage` (aio): every hit restarts, if it has finished, a pass
     over every key that makes an `asyncio.to_thread` call per key, so under steady load from
     many clients the pass never stops and its thread hops cost the event loop more than the
-    requests themselves (its sync storage sweeps every key from a timer thread every 10 ms).
-    Here a key keeps only the times of its last `amount` hits (a hit is allowed when fewer than
-    `amount` of them lie within the window, i.e. when the oldest of them is outside it — the
-    same rule as `limits`' moving window), and keys whose last hit left its window are dropped
-    by a sweep at most every `SWEEP_EVERY` seconds. One event loop owns it; no locks needed."""
+    requests themselves (its sync storage sweeps every key from a timer thread every 10 ms);
+    and it keeps a Python object per hit. Here a key keeps the times of its hits within the
+    window, oldest first, 8 bytes each (`_Hits`); a hit is allowed when fewer than `amount`
+    lie within the window — the same rule as `limits`' moving window. Keys whose last hit left
+    its window are dropped by a sweep at most every `SWEEP_EVERY` seconds. One event loop owns
+    it; no locks needed."""
 
     def __init__(self) -> None:
-        self._hits: dict[tuple[int, int, tuple[str, ...]], deque[float]] = {}
+        self._hits: dict[tuple[int, int, tuple[str, ...]], _Hits] = {}
         self._next_sweep = 0.0
 
     async def hit(self, item: RateLimitItem, *identifiers: str, cost: int = 1) -> bool:
@@ -92,42 +94,54 @@ class LocalMovingWindow:
         if now >= self._next_sweep:
             self._sweep(now)
         key = (item.amount, item.get_expiry(), identifiers)
-        recent = self._hits.get(key)
-        if recent is None:
-            if cost > item.amount:
-                return False
-            recent = self._hits[key] = deque(maxlen=item.amount)
-        elif not _room(recent, item, cost, now):
+        hits = self._hits.get(key)
+        if hits is None:
+            hits = self._hits[key] = _Hits()
+        if hits.inside(now - item.get_expiry()) + cost > item.amount:
             return False
-        recent.extend([now] * cost)
+        hits.times.extend([now] * cost)
         return True
 
     async def test(self, item: RateLimitItem, *identifiers: str, cost: int = 1) -> bool:
-        recent = self._hits.get((item.amount, item.get_expiry(), identifiers), deque())
-        return _room(recent, item, cost, time.time())
+        hits = self._hits.get((item.amount, item.get_expiry(), identifiers))
+        inside = hits.inside(time.time() - item.get_expiry()) if hits else 0
+        return inside + cost <= item.amount
 
     async def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
         now = time.time()
-        start = now - item.get_expiry()
-        recent = self._hits.get((item.amount, item.get_expiry(), identifiers), deque())
-        inside = [at for at in recent if at >= start]
-        window_start = inside[0] if inside else now  # as `limits` reports an empty window
-        return WindowStats(window_start + item.get_expiry(), item.amount - len(inside))
+        hits = self._hits.get((item.amount, item.get_expiry(), identifiers))
+        inside = hits.inside(now - item.get_expiry()) if hits else 0
+        # the window starts at its oldest hit (`limits` reports an empty one as starting now)
+        window_start = hits.times[hits.start] if hits and inside else now
+        return WindowStats(window_start + item.get_expiry(), item.amount - inside)
 
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + SWEEP_EVERY
-        gone = [key for key, recent in self._hits.items() if recent[-1] <= now - key[1]]
+        gone = [key for key, hits in self._hits.items() if hits.inside(now - key[1]) == 0]
         for key in gone:
             del self._hits[key]
 
 
-def _room(recent: deque[float], item: RateLimitItem, cost: int, now: float) -> bool:
-    """Whether `cost` more hits fit: the hits within the window (a newest-last suffix of
-    `recent`) plus `cost` must not exceed `amount`."""
-    if cost > item.amount:
-        return False
-    full = item.amount - cost + 1  # this many hits inside the window leave no room
-    return len(recent) < full or recent[-full] < now - item.get_expiry()
+class _Hits:
+    """One key's hit times, oldest first: `times[start:]`; those before `start` have left the
+    window and wait to be cut off (done once they are half the array, so each hit is moved at
+    most once)."""
+
+    __slots__ = ("start", "times")
+
+    def __init__(self) -> None:
+        self.times = array("d")
+        self.start = 0
+
+    def inside(self, since: float) -> int:
+        """How many hits are at or after `since`, forgetting those before it."""
+        cut = bisect.bisect_left(self.times, since, self.start)
+        if cut > self.start:
+            self.start = cut
+            if cut * 2 > len(self.times):
+                del self.times[:cut]
+                self.start = 0
+        return len(self.times) - self.start
 
 
 class Limiter:
