@@ -17,7 +17,7 @@ from chaser_auth.mail.messages import Renderer
 from chaser_auth.mail.transport import FileTransport, MailTransport, SmtpTransport
 from chaser_auth.mail.worker import PerAddressLimit, StoredAddressLimit, Worker
 from chaser_auth.ratelimit import Limiter
-from chaser_auth.store.engine import create_engine, sqlite_path
+from chaser_auth.store.engine import create_engine, create_inline_engine, sqlite_path
 from chaser_auth.store.intake import Intake, OutboxIntake, SqliteIntake
 from chaser_auth.store.notify import OutboxListener, is_postgres
 from chaser_auth.store.repositories import Store
@@ -47,7 +47,8 @@ class Runtime:
     @classmethod
     def build(cls, settings: Settings, clock: Clock = utcnow) -> Runtime:
         secret = load_secret_key(settings)
-        store = Store(create_engine(settings.database_url))
+        url = settings.database_url
+        store = Store(create_engine(url), create_inline_engine(url))
         policy = PasswordPolicy(settings.password_min_length)
         hasher = PasswordHasher(
             settings.argon2_time_cost, settings.argon2_memory_cost, settings.argon2_parallelism

@@ -14,7 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+import sqlalchemy
+from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -43,18 +44,33 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         return create_async_engine(url, pool_pre_ping=True, hide_parameters=True, **kwargs)
 
     engine = create_async_engine(url, hide_parameters=True, **kwargs)
+    _sqlite_hooks(engine.sync_engine)
+    return engine
 
-    @event.listens_for(engine.sync_engine, "connect")
+
+def create_inline_engine(url: str) -> Engine | None:
+    """For a SQLite file: a synchronous engine (the standard library's sqlite3) on the same
+    file with the same settings, for `Store` to run its transactions on the event loop's
+    thread. None for any other database."""
+    if sqlite_path(url) is None:
+        return None
+    engine = sqlalchemy.create_engine(
+        make_url(url).set(drivername="sqlite+pysqlite"), hide_parameters=True
+    )
+    _sqlite_hooks(engine)
+    return engine
+
+
+def _sqlite_hooks(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Hand transaction control to the "begin" hook below (SQLAlchemy's documented recipe).
         dbapi_connection.isolation_level = None
         sqlite_pragmas(dbapi_connection)
 
-    @event.listens_for(engine.sync_engine, "begin")
+    @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
-
-    return engine
 
 
 def sqlite_pragmas(dbapi_connection: Any) -> None:

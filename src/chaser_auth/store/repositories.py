@@ -10,10 +10,26 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
-from sqlalchemy import CursorResult, Table, delete, func, insert, or_, select, text, update
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy import (
+    CursorResult,
+    Engine,
+    Table,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.engine import ScalarResult
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
+from sqlalchemy.orm import Session as SyncSession
+from sqlalchemy.orm import sessionmaker
+from sqlalchemy.sql.base import Executable
+from sqlalchemy.sql.selectable import TypedReturnsRows
 
 from chaser_auth.store.notify import CHANNEL
 from chaser_auth.store.tables import (
@@ -29,6 +45,60 @@ from chaser_auth.store.tables import (
 
 QUEUED, DONE, DEAD = "queued", "done", "dead"
 T = TypeVar("T", bound=LinkToken)
+R = TypeVar("R")
+
+
+class Db(Protocol):
+    """What the repositories ask of a session: `AsyncSession`'s surface, which `InlineSession`
+    also offers."""
+
+    async def execute(self, statement: Executable, params: Any = None) -> Any: ...
+
+    async def scalars(
+        self, statement: TypedReturnsRows[R], params: Any = None
+    ) -> ScalarResult[R]: ...
+
+    async def scalar(self, statement: TypedReturnsRows[R], params: Any = None) -> R | None: ...
+
+    async def get(self, entity: type[R], ident: Any) -> R | None: ...
+
+    async def flush(self) -> None: ...
+
+    def add(self, instance: object) -> None: ...
+
+    def get_bind(self) -> Any: ...
+
+
+class InlineSession:
+    """`Db` over a synchronous `Session`: each call runs at once, on the event loop's thread.
+
+    Used for SQLite (see `Store`): the file is local and a statement takes microseconds to a
+    fraction of a millisecond, while handing each one to aiosqlite's thread and back costs a
+    turn of the event loop — under load, milliseconds — with the write lock held all along."""
+
+    def __init__(self, session: SyncSession) -> None:
+        self._session = session
+
+    async def execute(self, statement: Executable, params: Any = None) -> Any:
+        return self._session.execute(statement, params)
+
+    async def scalars(self, statement: TypedReturnsRows[R], params: Any = None) -> ScalarResult[R]:
+        return self._session.scalars(statement, params)
+
+    async def scalar(self, statement: TypedReturnsRows[R], params: Any = None) -> R | None:
+        return self._session.scalar(statement, params)
+
+    async def get(self, entity: type[R], ident: Any) -> R | None:
+        return self._session.get(entity, ident)
+
+    async def flush(self) -> None:
+        self._session.flush()
+
+    def add(self, instance: object) -> None:
+        self._session.add(instance)
+
+    def get_bind(self) -> Any:
+        return self._session.get_bind()
 
 
 def _table(entity: type[Any]) -> Table:
@@ -43,7 +113,7 @@ def _rowcount(result: Any) -> int:
 
 @dataclass
 class Users:
-    db: AsyncSession
+    db: Db
 
     async def by_key(self, email_key: str) -> User | None:
         return await self.db.scalar(select(User).where(User.email_key == email_key))
@@ -89,7 +159,7 @@ class Users:
 
 @dataclass
 class Sessions:
-    db: AsyncSession
+    db: Db
 
     async def add(self, session: Session) -> None:
         self.db.add(session)
@@ -142,7 +212,7 @@ class Sessions:
 class LinkTokens(Generic[T]):
     """Reset or verification tokens: the same rules, one table each."""
 
-    db: AsyncSession
+    db: Db
     model: type[T]
 
     async def add(self, token: T) -> None:
@@ -204,7 +274,7 @@ def new_outbox_row(
 
 @dataclass
 class Outbox:
-    db: AsyncSession
+    db: Db
 
     async def enqueue(
         self,
@@ -349,7 +419,7 @@ class Outbox:
 
 @dataclass
 class Audit:
-    db: AsyncSession
+    db: Db
 
     async def record(
         self,
@@ -396,7 +466,7 @@ class Audit:
 
 @dataclass
 class LimitHits:
-    db: AsyncSession
+    db: Db
 
     async def take_many(
         self, scope: str, keys: Sequence[str], amount: int, since: datetime, now: datetime
@@ -440,7 +510,7 @@ class LimitHits:
 
 
 class Tx:
-    def __init__(self, db: AsyncSession) -> None:
+    def __init__(self, db: Db) -> None:
         self.db = db
         self.users = Users(db)
         self.sessions = Sessions(db)
@@ -452,20 +522,34 @@ class Tx:
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, inline: Engine | None = None) -> None:
+        """`engine` serves every transaction, unless `inline` (a synchronous engine on the same
+        SQLite file, `engine.create_inline_engine`) is given: then transactions run on it,
+        statement by statement on the event loop's thread, and hold SQLite's one write lock
+        only as long as SQLite works — not across event-loop turns, while the request path's
+        writer thread waits for that lock."""
         self.engine = engine
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._inline_engine = inline
+        self._inline = sessionmaker(inline, expire_on_commit=False) if inline else None
         # SQLite has one writer at a time, and a connection that finds the lock taken sleeps
         # in its busy handler with growing naps and no queue: under load some requests wait
         # seconds while others pass. Within a process, transactions therefore take turns on
         # a FIFO asyncio lock instead; the busy timeout only arbitrates between processes.
+        # (With `inline` the turns also keep a transaction that awaits something else from
+        # meeting another one on the same thread, which would wait on it forever.)
         self._turns = asyncio.Lock() if engine.dialect.name == "sqlite" else None
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[Tx]:
         """One transaction: committed when the block ends, rolled back if it raises."""
-        async with self._turn(), self._sessions() as db, db.begin():
-            yield Tx(db)
+        async with self._turn():
+            if self._inline is not None:
+                with self._inline() as session, session.begin():
+                    yield Tx(InlineSession(session))
+            else:
+                async with self._sessions() as db, db.begin():
+                    yield Tx(db)
 
     def _turn(self) -> contextlib.AbstractAsyncContextManager[object]:
         return self._turns if self._turns is not None else contextlib.nullcontext()
@@ -476,3 +560,5 @@ class Store:
 
     async def close(self) -> None:
         await self.engine.dispose()
+        if self._inline_engine is not None:
+            self._inline_engine.dispose()
