@@ -25,8 +25,8 @@ from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.sessions import AuthResult, SessionService
 from chaser_auth.errors import AccountDisabled, InvalidToken
 from chaser_auth.store.intake import Intake
-from chaser_auth.store.repositories import Store, Tx
-from chaser_auth.store.tables import OutboxMessage, ResetToken, User
+from chaser_auth.store.repositories import Job, Store, Tx
+from chaser_auth.store.tables import ResetToken, User
 
 RESET_REQUEST = "password_reset_request"
 PASSWORD_CHANGED = "password_changed"  # noqa: S105 - an outbox kind, not a secret
@@ -118,9 +118,7 @@ class RecoveryService:
 
     # -- worker -------------------------------------------------------------------------------
 
-    async def prepare_resets(
-        self, jobs: Sequence[OutboxMessage], limit: AddressLimit
-    ) -> list[Letter | Skip]:
+    async def prepare_resets(self, jobs: Sequence[Job], limit: AddressLimit) -> list[Letter | Skip]:
         """What each reset request in `jobs` becomes, in order, with a handful of statements
         for the whole batch (one account look-up, one limit call, a transaction per
         `MINT_CHUNK` links minted) rather than some per row: under a flood most rows are for
@@ -128,7 +126,7 @@ class RecoveryService:
         subject is a keyed hash of the address key (of the raw string if it has none)."""
         now = self.clock()
         plans: dict[uuid.UUID, Letter | Skip] = {}
-        fresh: list[tuple[OutboxMessage, str, str | None]] = []
+        fresh: list[tuple[Job, str, str | None]] = []
         for job in jobs:
             if job.user_id is not None:  # resolved on an earlier attempt: resend the same link
                 plans[job.id] = await self._resend(job, now)
@@ -139,7 +137,7 @@ class RecoveryService:
             users = await tx.users.by_keys({key for _, _, key in fresh if key})
         # The limit is asked outside any transaction: on SQLite an open write transaction
         # would hold the request path's inserts while Redis answers.
-        asking: list[tuple[OutboxMessage, str, User | None, Note]] = []
+        asking: list[tuple[Job, str, User | None, Note]] = []
         for job, raw, key in fresh:
             user = users.get(key) if key else None
             subject = tokens.keyed_hash(self.secret, key or raw)
@@ -149,7 +147,7 @@ class RecoveryService:
             else:
                 asking.append((job, raw, user, requested))
         allowed = await limit.allow_many([note.subject or "" for *_, note in asking])
-        minting: list[tuple[OutboxMessage, User, Note]] = []
+        minting: list[tuple[Job, User, Note]] = []
         for (job, raw, user, requested), ok in zip(asking, allowed, strict=True):
             if user is None:  # unknown address, and the operator wants it told so
                 plans[job.id] = (
@@ -223,7 +221,7 @@ class RecoveryService:
     def link(self, token: str) -> str:
         return f"{self.public_url}/reset-password#token={token}"
 
-    async def _resend(self, job: OutboxMessage, now: datetime) -> Letter | Skip:
+    async def _resend(self, job: Job, now: datetime) -> Letter | Skip:
         async with self.store.tx() as tx:
             row = await tx.reset_tokens.by_outbox(job.id)
             user = await tx.users.get(job.user_id) if job.user_id else None
@@ -241,7 +239,7 @@ class RecoveryService:
             },
         )
 
-    async def prepare_changed_notice(self, job: OutboxMessage) -> Letter | Skip:
+    async def prepare_changed_notice(self, job: Job) -> Letter | Skip:
         async with self.store.tx() as tx:
             user = await tx.users.get(job.user_id) if job.user_id else None
         if user is None:

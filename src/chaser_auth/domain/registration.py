@@ -27,8 +27,8 @@ from chaser_auth.domain.recovery import AddressLimit, Letter, Skip
 from chaser_auth.domain.sessions import AuthResult, SessionService
 from chaser_auth.errors import InvalidAddress, InvalidToken
 from chaser_auth.store.intake import Intake
-from chaser_auth.store.repositories import Store, Tx
-from chaser_auth.store.tables import OutboxMessage, User, VerifyToken
+from chaser_auth.store.repositories import Job, Store, Tx
+from chaser_auth.store.tables import User, VerifyToken
 
 REGISTER = "register"
 VERIFY_PURPOSE = "verify"
@@ -71,7 +71,7 @@ class RegistrationService:
 
     # -- worker -------------------------------------------------------------------------------
 
-    async def prepare(self, job: OutboxMessage, limit: AddressLimit) -> Letter | Skip:
+    async def prepare(self, job: Job, limit: AddressLimit) -> Letter | Skip:
         now = self.clock()
         if job.user_id is not None:  # resolved on an earlier attempt: send the same mail again
             return await self._resend(job, now)
@@ -112,7 +112,7 @@ class RegistrationService:
         metrics.TOKENS.labels(VERIFY_PURPOSE, "issued").inc()
         return token
 
-    async def _resend(self, job: OutboxMessage, now: datetime) -> Letter | Skip:
+    async def _resend(self, job: Job, now: datetime) -> Letter | Skip:
         async with self.store.tx() as tx:
             row = await tx.verify_tokens.by_outbox(job.id)
             user = await tx.users.get(job.user_id) if job.user_id else None

@@ -46,8 +46,7 @@ from chaser_auth.mail.transport import DeliveryError, MailTransport
 from chaser_auth.ratelimit import Limiter
 from chaser_auth.store.intake import GroupCommit
 from chaser_auth.store.notify import OutboxListener
-from chaser_auth.store.repositories import Store
-from chaser_auth.store.tables import OutboxMessage
+from chaser_auth.store.repositories import Job, Store
 
 log = logging.getLogger("chaser_auth.worker")
 
@@ -58,19 +57,19 @@ HOUSEKEEPING_INTERVAL = 3600.0  # seconds between chores: audit retention, old l
 
 
 Plan = Letter | Skip | None
-Handler = Callable[[Sequence[OutboxMessage]], Awaitable[list[Letter | Skip]]]
+Handler = Callable[[Sequence[Job]], Awaitable[list[Letter | Skip]]]
 
 
-def one_by_one(prepare: Callable[[OutboxMessage], Awaitable[Letter | Skip]]) -> Handler:
+def one_by_one(prepare: Callable[[Job], Awaitable[Letter | Skip]]) -> Handler:
     """A batch handler for a kind that is rare enough to be planned a row at a time."""
 
-    async def handler(jobs: Sequence[OutboxMessage]) -> list[Letter | Skip]:
+    async def handler(jobs: Sequence[Job]) -> list[Letter | Skip]:
         return [await prepare(job) for job in jobs]
 
     return handler
 
 
-Outcome = tuple[OutboxMessage, str, Sequence[Note]]
+Outcome = tuple[Job, str, Sequence[Note]]
 
 
 class PerAddressLimit:
@@ -219,7 +218,7 @@ class Worker:
         if not jobs:
             return 0
         skipped: list[Outcome] = []
-        letters: list[tuple[OutboxMessage, Letter]] = []
+        letters: list[tuple[Job, Letter]] = []
         for job, plan in await self._plan(jobs):
             if isinstance(plan, Skip):
                 skipped.append((job, plan.outcome, plan.notes))
@@ -241,9 +240,9 @@ class Worker:
                 raise result
         return len(jobs)
 
-    async def _plan(self, jobs: Sequence[OutboxMessage]) -> list[tuple[OutboxMessage, Plan]]:
+    async def _plan(self, jobs: Sequence[Job]) -> list[tuple[Job, Plan]]:
         """Each job with what it becomes; None where it failed (already recorded)."""
-        groups: dict[str, list[OutboxMessage]] = {}
+        groups: dict[str, list[Job]] = {}
         for job in jobs:
             groups.setdefault(job.kind, []).append(job)
         plans: dict[uuid.UUID, Letter | Skip] = {}
@@ -283,7 +282,7 @@ class Worker:
 
     async def _send(
         self,
-        job: OutboxMessage,
+        job: Job,
         letter: Letter,
         gate: asyncio.Semaphore,
         record: GroupCommit[Outcome],
@@ -313,7 +312,7 @@ class Worker:
                 return None
         return record.submit((job, "sent", letter.notes))
 
-    async def _within_mail_rate(self, job: OutboxMessage, rate: RateLimitItem) -> bool:
+    async def _within_mail_rate(self, job: Job, rate: RateLimitItem) -> bool:
         verdict = await self.limiter.hit(rate, "mail-rate", "all")
         if verdict.allowed:
             return True
@@ -350,7 +349,7 @@ class Worker:
         ceiling = min(self.retry_max, self.retry_base * 2 ** max(0, attempts - 1))
         return float(ceiling / 2 + random.uniform(0, ceiling / 2))  # noqa: S311 - jitter, not a secret
 
-    async def _fail(self, job: OutboxMessage, code: str, *, permanent: bool) -> None:
+    async def _fail(self, job: Job, code: str, *, permanent: bool) -> None:
         now: datetime = self.clock()
         async with self.store.tx() as tx:
             if permanent or job.attempts >= self.max_attempts:
