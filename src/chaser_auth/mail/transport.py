@@ -9,6 +9,7 @@ Two implementations: `SmtpTransport` (aiosmtplib; smtp://, smtp+starttls://, smt
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import ssl
@@ -107,14 +108,19 @@ class FileTransport:
         self.directory = directory
 
     async def send(self, message: EmailMessage) -> None:
+        name = str(message["Message-ID"]).strip("<>").split("@")[0]
+        target = self.directory / f"{name}.eml"
+        # In a thread: file I/O must not stall the event loop, and a round that writes
+        # hundreds of messages would otherwise hold it for their whole time in one stretch.
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            name = str(message["Message-ID"]).strip("<>").split("@")[0]
-            target = self.directory / f"{name}.eml"
-            fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(message.as_bytes())
-            Path(tmp).replace(target)  # atomic: a reader never sees half a message
+            await asyncio.to_thread(self._write, message.as_bytes(), target)
         except OSError as exc:
             raise DeliveryError(f"file_{type(exc).__name__}") from None
         log.info("mail written to %s", target)
+
+    def _write(self, data: bytes, target: Path) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        Path(tmp).replace(target)  # atomic: a reader never sees half a message
