@@ -561,6 +561,10 @@ class Store:
             if self._inline is not None:
                 with self._inline() as session, session.begin():
                     yield Tx(InlineSession(session))
+                # The transaction ran on the event loop's thread: let the loop answer what
+                # waited for it before the caller's next one (the worker mints links in a run
+                # of transactions).
+                await asyncio.sleep(0)
             else:
                 async with self._sessions() as db, db.begin():
                     yield Tx(db)
