@@ -262,9 +262,9 @@ def chaser_env(workdir: Path, **extra: str) -> dict[str, str]:
     """Default chaser-auth settings, except: the per-IP limit is raised (so the bench is not a
     429 bench), and the generator on 127.0.0.1 is a trusted proxy, so the load generators'
     `X-Forwarded-For` spreads the load over `CLIENTS` — as traffic behind a reverse proxy
-    comes from many clients. (From one address, the in-memory moving window would keep one
-    list of every hit of the window, the whole run's requests, and pay for its length on each
-    request: a cost of the bench, not of any real client mix.)"""
+    comes from many clients. (From one address, one key of the in-memory moving window would
+    hold every hit of the run's last minute: a cost of the bench, not of any real client
+    mix.)"""
     del workdir  # everything else defaults to ./var under the working directory
     return clean_env(
         CHASER_AUTH_RATE_LIMIT_RESET_PER_IP="1000000/minute",
