@@ -255,6 +255,28 @@ async def test_forwarded_for_counts_only_behind_a_trusted_proxy(
             assert await statuses(app, hops) == [200, 200, 429]
 
 
+async def test_forwarded_for_in_several_header_lines_reads_as_one_list(
+    tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
+) -> None:
+    # RFC 9110 §5.3: repeated lines are one comma-separated list, so the client is the
+    # right-most untrusted hop of the last line; a forged first line changes nothing.
+    async with serve(
+        two_per_minute(tmp_path, smtp, backend_settings, trusted="127.0.0.1"), clock, smtp
+    ) as app:
+        answers = [
+            await app.client.post(
+                "/auth/password-reset/request",
+                json={"email": "x@example.com"},
+                headers=[
+                    ("X-Forwarded-For", f"198.51.100.{i}"),
+                    ("X-Forwarded-For", "203.0.113.7"),
+                ],
+            )
+            for i in range(3)
+        ]
+        assert [a.status_code for a in answers] == [200, 200, 429]
+
+
 async def test_untrusted_forwarded_for_cannot_dodge_the_limit(
     tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:
