@@ -124,8 +124,8 @@ class LocalMovingWindow:
 
 class _Hits:
     """One key's hit times, oldest first: `times[start:]`; those before `start` have left the
-    window and wait to be cut off (done once they are half the array, so each hit is moved at
-    most once)."""
+    window and wait to be cut off (done once they are half the array, so cutting costs O(1)
+    per hit, amortised)."""
 
     __slots__ = ("start", "times")
 

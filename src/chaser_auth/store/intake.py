@@ -116,10 +116,10 @@ class SqliteIntake:
     Requests queue their row and wait on a future; the thread takes everything queued, writes
     it with one multi-row INSERT, its own transaction (the engine's pragmas: WAL,
     `synchronous=FULL`, the busy timeout), and settles that batch's futures with one callback
-    on the event loop —
-    success once committed, or the error (as SQLAlchemy's `DBAPIError`, like every other
-    database fault, so the API answers it the same way). Values are converted by the outbox
-    columns' own SQLAlchemy types, so these rows are stored exactly as the `Store` stores them."""
+    on the event loop: success once committed, or the error (as SQLAlchemy's `DBAPIError`,
+    like every other database fault, so the API answers it the same way). Values are
+    converted by the outbox columns' own SQLAlchemy types, so these rows are stored exactly as
+    the `Store` stores them."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
