@@ -32,18 +32,11 @@ def parse_proxies(value: str | None) -> tuple[Network, ...]:
     )
 
 
-def client_address(request: Request) -> str:
-    """The peer's address; behind `CHASER_AUTH_TRUSTED_PROXIES`, the right-most address in
-    X-Forwarded-For that is not itself a trusted proxy (left-most entries are client-supplied
-    and forgeable — OWASP, and MDN's X-Forwarded-For "Selecting an IP address")."""
-    return scope_client_address(request.scope)
-
-
 def client_key(request: Request) -> str:
     """The unit a per-client limit counts: one IPv4 address, or one IPv6 /64 — a single
     subscriber usually holds a whole /64 (RFC 6177), so per-address IPv6 limits are free to
     dodge. An IPv4-mapped IPv6 address counts as its IPv4 address."""
-    return _limit_unit(scope_client_address(request.scope))
+    return scope_client_key(request.scope)
 
 
 def scope_client_key(scope: Scope) -> str:
@@ -52,6 +45,10 @@ def scope_client_key(scope: Scope) -> str:
 
 
 def scope_client_address(scope: Scope) -> str:
+    """The peer's address; behind `CHASER_AUTH_TRUSTED_PROXIES`, the right-most address in
+    X-Forwarded-For (all its lines, as one list) that is not itself a trusted proxy (left-most
+    entries are client-supplied and forgeable — OWASP, and MDN's X-Forwarded-For "Selecting
+    an IP address")."""
     client = scope.get("client")
     peer = client[0] if client else "unknown"
     proxies: tuple[Network, ...] = scope["app"].state.trusted_proxies

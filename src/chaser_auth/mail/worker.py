@@ -217,14 +217,9 @@ class Worker:
             jobs = await tx.outbox.claim(now, now + self.lease, BATCH)
         if not jobs:
             return 0
-        # On SQLite the store runs on this thread, so a claim, a plan and the recording are
-        # each a few milliseconds the event loop cannot answer in: let it answer in between.
-        await asyncio.sleep(0)
-        planned = await self._plan(jobs)
-        await asyncio.sleep(0)
         skipped: list[Outcome] = []
         letters: list[tuple[Job, Letter]] = []
-        for job, plan in planned:
+        for job, plan in await self._plan(jobs):
             if isinstance(plan, Skip):
                 skipped.append((job, plan.outcome, plan.notes))
             elif plan is not None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sqlite3
 import threading
 from collections.abc import Awaitable, Callable
@@ -30,7 +29,7 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 
 from chaser_auth.store.engine import sqlite_pragmas
-from chaser_auth.store.repositories import QUEUED, Store, new_outbox_row
+from chaser_auth.store.repositories import Store, new_outbox_row
 from chaser_auth.store.tables import OutboxMessage
 
 MAX_BATCH = 512
@@ -95,18 +94,17 @@ class OutboxIntake:
             await tx.outbox.add_many(rows)
 
     async def enqueue(self, kind: str, now: datetime, payload: dict[str, Any]) -> None:
-        # shield: a client that hangs up must not cancel the commit its neighbours wait for.
-        await asyncio.shield(self._commits.submit(new_outbox_row(kind, now, payload=payload)))
+        # A client that hangs up cancels only its own future: the write goes on for everyone
+        # in it (the writer skips futures already done), its row included.
+        await self._commits.submit(new_outbox_row(kind, now, payload=payload))
 
     async def close(self) -> None:
         await self._commits.close()
 
 
-_INSERT = (
-    "INSERT INTO outbox (id, kind, status, payload, attempts, created_at, available_at) "
-    "VALUES (?, ?, ?, ?, ?, ?, ?)"
-)
-_INSERT_COLUMNS = 7
+_COLUMNS = ("id", "kind", "status", "payload", "attempts", "created_at", "available_at")
+_INSERT = f"INSERT INTO outbox ({', '.join(_COLUMNS)}) VALUES "  # noqa: S608 - constant names
+_ROW = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
 Waiting = tuple[tuple[Any, ...], asyncio.Future[None]]
 
 
@@ -125,12 +123,12 @@ class SqliteIntake:
         self.path = path
         dialect = sqlite.dialect()
         columns = OutboxMessage.__table__.c
-        self._json = columns.payload.type.bind_processor(dialect)
-        self._time = columns.created_at.type.bind_processor(dialect)
+        # Each column's own conversion (None where the driver takes the value as it is).
+        self._convert = [columns[name].type.bind_processor(dialect) for name in _COLUMNS]
         self._queue: list[Waiting] = []
         self._ready = threading.Condition()
         self._closing = False
-        self._batch_rows = 999 // _INSERT_COLUMNS  # until the connection tells its limit
+        self._batch_rows = 999 // len(_COLUMNS)  # until the connection tells its limit
         self._thread: threading.Thread | None = None  # started by the first row
 
     async def enqueue(self, kind: str, now: datetime, payload: dict[str, Any]) -> None:
@@ -143,8 +141,8 @@ class SqliteIntake:
                 self._thread.start()
             self._queue.append(((kind, now, payload), done))
             self._ready.notify()
-        # shield: a client that hangs up must not cancel the commit its neighbours wait for.
-        await asyncio.shield(done)
+        # As in `OutboxIntake`: a cancelled wait leaves the write, and its row, to go on.
+        await done
 
     async def close(self) -> None:
         """Write what is queued, then stop the thread."""
@@ -184,39 +182,28 @@ class SqliteIntake:
         # A batch is one statement: as many rows as its bound values allow (999 values before
         # SQLite 3.32, 32,766 since).
         variables = connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-        self._batch_rows = max(1, min(MAX_BATCH, variables // _INSERT_COLUMNS))
+        self._batch_rows = max(1, min(MAX_BATCH, variables // len(_COLUMNS)))
         return connection
 
     def _write(self, connection: sqlite3.Connection, batch: list[Waiting]) -> None:
-        ids = os.urandom(16 * len(batch))
-        rows = []
-        for n, ((kind, now, payload), _) in enumerate(batch):
-            at = self._time(now) if self._time else now
-            raw = int.from_bytes(ids[16 * n : 16 * n + 16], "big")
-            row_id = _uuid4_hex(raw)
-            payload_text = self._json(payload) if self._json else payload
-            rows.append((row_id, kind, QUEUED, payload_text, 0, at, at))
+        values: list[Any] = []
+        for (kind, now, payload), _ in batch:
+            row = new_outbox_row(kind, now, payload=payload)
+            values += [
+                convert(row[name]) if convert else row[name]
+                for name, convert in zip(_COLUMNS, self._convert, strict=True)
+            ]
         # One statement, in autocommit: the sqlite3 module lets go of the GIL around each call
         # into SQLite and must win it back from the busy event loop after, so a batch makes one
         # such call, not BEGIN + a step per row + COMMIT. (A lone INSERT takes the write lock
         # itself and waits for it under the busy timeout, as BEGIN IMMEDIATE would.)
-        statement = _INSERT + ", (?, ?, ?, ?, ?, ?, ?)" * (len(rows) - 1)
+        statement = _INSERT + ", ".join([_ROW] * len(batch))
         try:
-            connection.execute(statement, [value for row in rows for value in row])
+            connection.execute(statement, values)
         except sqlite3.Error as exc:
             raise DBAPIError.instance(
-                _INSERT, None, exc, sqlite3.Error, hide_parameters=True
+                _INSERT + _ROW, None, exc, sqlite3.Error, hide_parameters=True
             ) from exc
-
-
-def _uuid4_hex(raw: int) -> str:
-    """A version-4 UUID from 128 random bits, as the 32 hex digits the `Uuid` type stores on
-    SQLite (what `uuid.uuid4().hex` gives, without building a `UUID` per row)."""
-    raw &= ~(0xF000 << 64)
-    raw |= 4 << 76
-    raw &= ~(0xC000 << 48)
-    raw |= 0x8000 << 48
-    return f"{raw:032x}"
 
 
 def _settle(batch: list[Waiting], failure: Exception | None) -> None:
