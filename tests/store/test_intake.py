@@ -64,3 +64,30 @@ async def test_rows_queued_before_close_are_written(tmp_path: Path) -> None:
     await intake.close()
     await asyncio.gather(*waiting)
     assert len(raw_rows(db)) == 600
+
+
+async def test_a_cancelled_wait_stops_neither_its_row_nor_its_neighbours(tmp_path: Path) -> None:
+    """A client that hangs up cancels its own wait; the group write goes on, its row too."""
+    db = tmp_path / "auth.db"
+    await asyncio.to_thread(upgrade, f"sqlite+aiosqlite:///{db}")
+    intake = SqliteIntake(db)
+    now = datetime.now(UTC)
+    # Another connection holds the write lock, so the intake's write cannot finish before the
+    # cancellation below.
+    holder = sqlite3.connect(db, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        waits = [
+            asyncio.create_task(intake.enqueue("reset_request", now, {"email": f"c{i}@ex.com"}))
+            for i in range(50)
+        ]
+        await asyncio.sleep(0.05)  # every row queued, the writer waiting for the lock
+        waits[10].cancel()
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    results = await asyncio.gather(*waits, return_exceptions=True)
+    assert isinstance(results[10], asyncio.CancelledError)
+    assert [r for i, r in enumerate(results) if i != 10] == [None] * 49
+    await intake.close()
+    assert len(raw_rows(db)) == 50
