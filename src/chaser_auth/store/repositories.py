@@ -561,13 +561,14 @@ class Store:
             if self._inline is not None:
                 with self._inline() as session, session.begin():
                     yield Tx(InlineSession(session))
-                # The transaction ran on the event loop's thread: let the loop answer what
-                # waited for it before the caller's next one (the worker mints links in a run
-                # of transactions).
-                await asyncio.sleep(0)
             else:
                 async with self._sessions() as db, db.begin():
                     yield Tx(db)
+        if self._inline is not None:
+            # The transaction ran on the event loop's thread: let the loop answer what waited
+            # for it before the caller's next one (the worker mints links in a run of
+            # transactions). After the turn is given back, so no other transaction waits on it.
+            await asyncio.sleep(0)
 
     def _turn(self) -> contextlib.AbstractAsyncContextManager[object]:
         return self._turns if self._turns is not None else contextlib.nullcontext()
