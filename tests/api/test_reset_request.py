@@ -256,16 +256,8 @@ async def test_forwarded_for_counts_only_behind_a_trusted_proxy(
             # the right-most untrusted hop is the client; what it put on the left is ignored
             hops = [f"198.51.100.{i}, {client}" for i in range(3)]
             assert await statuses(app, hops) == [200, 200, 429]
-
-
-async def test_forwarded_for_in_several_header_lines_reads_as_one_list(
-    tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
-) -> None:
-    # RFC 9110 §5.3: repeated lines are one comma-separated list, so the client is the
-    # right-most untrusted hop of the last line; a forged first line changes nothing.
-    async with serve(
-        two_per_minute(tmp_path, smtp, backend_settings, trusted="127.0.0.1"), clock, smtp
-    ) as app:
+        # RFC 9110 §5.3: several header lines are one comma-separated list, so the client is
+        # the right-most untrusted hop of the last line; a forged first line changes nothing.
         forged_first = [(f"198.51.100.{i}", "203.0.113.7") for i in range(3)]
         assert await statuses(app, forged_first) == [200, 200, 429]
 
