@@ -113,6 +113,18 @@ def test_non_addresses_have_no_key(raw: str) -> None:
     assert address_key(raw) is None
 
 
+def test_every_ascii_character_in_a_local_part_is_judged_by_the_character_rule() -> None:
+    """ASCII local parts take a shortcut past the per-character check (`_holds_refused`): for
+    each of the 128 characters but "@", inside a local part, the answer must be the rule's own —
+    no key exactly for the controls and the space."""
+    for ch in map(chr, range(128)):
+        if ch == "@":
+            continue
+        refused = ch.isspace() or unicodedata.category(ch) == "Cc"
+        assert (address_key(f"a{ch}b@example.com") is None) == refused, repr(ch)
+        assert (address_key(f"a{ch}b\u00e9@example.com") is None) == refused, repr(ch)
+
+
 def test_length_limits_are_inclusive() -> None:
     assert address_key(long_address(254)) == long_address(254)
     assert address_key(f"{'a' * 64}@example.com") == f"{'a' * 64}@example.com"
