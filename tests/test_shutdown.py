@@ -312,6 +312,9 @@ def test_sigterm_to_serve_under_load_finishes_requests_releases_claims_and_loses
     with running(
         "worker", cwd=tmp_path, env=env, name="worker", stopped="delivery worker stopped"
     ) as worker:
+        # Up before anything else: serve may have delivered everything already, and a SIGTERM
+        # during the worker's start-up would test the interpreter's default, not its shutdown.
+        poll(lambda: "delivery worker started" in worker.log(), "the worker to start", timeout=60)
 
         def all_done() -> bool:
             worker.assert_alive()
