@@ -105,6 +105,23 @@ async def test_newer_link_supersedes_older_ones(app: Served) -> None:
     assert (await confirm(app, second))[0] == 200
 
 
+async def test_of_links_minted_together_for_one_account_only_one_works(app: Served) -> None:
+    """Requests that arrive together are minted in one worker round, in one statement each
+    step: there the account's earlier links are stored already revoked, not revoked later."""
+    await app.create_user("together@example.com")
+    responses = await asyncio.gather(*(app.request_reset("together@example.com") for _ in range(3)))
+    assert [r.status_code for r in responses] == [200, 200, 200]
+    assert app.smtp is not None
+    mails = await app.smtp.sink.wait_for(3, to="together@example.com")
+    assert len(mails) == 3
+    tokens = {mail.link()[1] for mail in mails}
+    assert len(tokens) == 3
+    verified = [
+        (await app.client.post(VERIFY, json={"token": token})).status_code for token in tokens
+    ]
+    assert sorted(verified) == [200, 400, 400]
+
+
 async def test_weak_password_is_refused_with_reasons_and_the_token_survives(app: Served) -> None:
     await app.create_user("weak@example.com")
     _, token = await app.reset_link("weak@example.com")

@@ -78,6 +78,16 @@ class Skip:
     notes: tuple[Note, ...] = ()
 
 
+@dataclass(frozen=True)
+class Grant:
+    """A link to mint for `user`: for the outbox row `job_id` (None: a printed link), after
+    the audit `notes` that led to it."""
+
+    user: User
+    job_id: uuid.UUID | None
+    notes: tuple[Note, ...] = ()
+
+
 class AddressLimit(Protocol):
     """The per-address limit on reset mail, as the domain sees it: may one more go to each of
     `subjects` (in order; a subject may repeat, and each allowed one counts)?"""
@@ -173,39 +183,60 @@ class RecoveryService:
             # A few dozen per transaction: on SQLite a long write transaction would hold every
             # request's group commit behind it.
             for start in range(0, len(minting), MINT_CHUNK):
+                chunk = minting[start : start + MINT_CHUNK]
                 async with self.store.tx() as tx:
-                    for job, user, requested in minting[start : start + MINT_CHUNK]:
-                        await tx.audit.record(
-                            requested.event, now, user_id=user.id, subject=requested.subject
-                        )
-                        token = await self._mint(tx, user, job.id, now, event="reset_token_issued")
-                        plans[job.id] = self._reset_letter(user, token)
+                    links = await self._mint_many(
+                        tx,
+                        [Grant(user, job.id, (requested,)) for job, user, requested in chunk],
+                        now,
+                        event="reset_token_issued",
+                    )
+                for (job, user, _), token in zip(chunk, links, strict=True):
+                    plans[job.id] = self._reset_letter(user, token)
         return [plans[job.id] for job in jobs]
 
-    async def _mint(
-        self, tx: Tx, user: User, job_id: uuid.UUID | None, now: datetime, *, event: str
-    ) -> str:
-        # A newer link revokes every older one (reason 3 in `tokens`). A mailed token is derived
-        # from its outbox row (a retried send carries the same link); a printed one is random.
-        await tx.reset_tokens.revoke_all(user.id, now)
-        if job_id is None:
-            token = tokens.new_token()
-        else:
-            token = tokens.derive(self.secret, RESET_PURPOSE, job_id)
-            await tx.outbox.resolve(job_id, user.id)
-        await tx.reset_tokens.add(
-            ResetToken(
-                id=uuid.uuid4(),
-                user_id=user.id,
-                token_digest=tokens.digest(self.secret, token),
-                outbox_id=job_id,
-                created_at=now,
-                expires_at=now + self.ttl,
+    async def _mint_many(
+        self, tx: Tx, grants: Sequence[Grant], now: datetime, *, event: str
+    ) -> list[str]:
+        """A link for each grant, in order, with one statement per step for all of them.
+
+        A newer link revokes every older one (reason 3 in `tokens`): the accounts' links from
+        before, and of an account's grants here all but its last, which are stored revoked. A
+        mailed token is derived from its outbox row (a retried send carries the same link);
+        a printed one is random."""
+        await tx.reset_tokens.revoke_all_of(sorted({grant.user.id for grant in grants}), now)
+        newest = {grant.user.id: i for i, grant in enumerate(grants)}
+        links: list[str] = []
+        rows: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
+        for i, grant in enumerate(grants):
+            if grant.job_id is None:
+                token = tokens.new_token()
+            else:
+                token = tokens.derive(self.secret, RESET_PURPOSE, grant.job_id)
+            links.append(token)
+            rows.append(
+                {
+                    "id": uuid.uuid4(),
+                    "user_id": grant.user.id,
+                    "token_digest": tokens.digest(self.secret, token),
+                    "outbox_id": grant.job_id,
+                    "created_at": now,
+                    "expires_at": now + self.ttl,
+                    "used_at": None,
+                    "revoked_at": None if newest[grant.user.id] == i else now,
+                }
             )
+            events += [note.event_at(now) for note in grant.notes]
+            events.append(Note(event, grant.user.id).event_at(now))
+        await tx.reset_tokens.add_many(rows)
+        # The request has been matched to an account: forget what the client typed.
+        await tx.outbox.resolve_many(
+            [(grant.job_id, grant.user.id) for grant in grants if grant.job_id is not None]
         )
-        await tx.audit.record(event, now, user_id=user.id)
-        metrics.TOKENS.labels(RESET_PURPOSE, "issued").inc()
-        return token
+        await tx.audit.record_many(events)
+        metrics.TOKENS.labels(RESET_PURPOSE, "issued").inc(len(grants))
+        return links
 
     async def operator_link(self, user: User) -> str:
         """A reset link for support staff to hand over (`chaser-auth users reset-link`): the
@@ -215,7 +246,9 @@ class RecoveryService:
             raise AccountDisabled("This account is disabled; enable it before issuing a link.")
         now = self.clock()
         async with self.store.tx() as tx:
-            token = await self._mint(tx, user, None, now, event="reset_link_issued_by_operator")
+            [token] = await self._mint_many(
+                tx, [Grant(user, None)], now, event="reset_link_issued_by_operator"
+            )
         return self.link(token)
 
     def link(self, token: str) -> str:

@@ -22,6 +22,7 @@ import logging
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
@@ -224,9 +225,10 @@ class Worker:
                 skipped.append((job, plan.outcome, plan.notes))
             elif plan is not None:
                 letters.append((job, plan))
-        # The rows that need no mail are recorded beside the sending, not before it.
-        record: GroupCommit[Outcome] = GroupCommit(self._finish)
-        recorded = [record.submit(outcome) for outcome in skipped]
+        # The rows that need no mail are recorded beside the sending, not before it: as one
+        # item (one future), while each message sent is an item of its own.
+        record: GroupCommit[Sequence[Outcome]] = GroupCommit(self._finish)
+        recorded = [record.submit(skipped)] if skipped else []
         # Side by side, a few at a time: a remote SMTP conversation takes tens of
         # milliseconds, and one slow relay must not hold up the rest of the batch.
         gate = asyncio.Semaphore(SENDING)
@@ -285,7 +287,7 @@ class Worker:
         job: Job,
         letter: Letter,
         gate: asyncio.Semaphore,
-        record: GroupCommit[Outcome],
+        record: GroupCommit[Sequence[Outcome]],
     ) -> asyncio.Future[None] | None:
         """Render and hand `letter` to the transport, then hand it to `record` as sent (the
         future of that write); None if it did not go (the failure is recorded on the row)."""
@@ -310,7 +312,7 @@ class Worker:
                 log.error("delivery of %s failed unexpectedly: %s", job.id, type(exc).__name__)
                 await self._fail(job, f"error_{type(exc).__name__}", permanent=False)
                 return None
-        return record.submit((job, "sent", letter.notes))
+        return record.submit([(job, "sent", letter.notes)])
 
     async def _within_mail_rate(self, job: Job, rate: RateLimitItem) -> bool:
         verdict = await self.limiter.hit(rate, "mail-rate", "all")
@@ -323,8 +325,9 @@ class Worker:
             await tx.outbox.retry_later(job.id, at, "mail_rate", refund=True)
         return False
 
-    async def _finish(self, done: Sequence[Outcome]) -> None:
+    async def _finish(self, items: Sequence[Sequence[Outcome]]) -> None:
         """Record outcomes and their audit events, in one transaction."""
+        done = [outcome for item in items for outcome in item]
         if not done:
             return
         now = self.clock()
@@ -339,11 +342,16 @@ class Worker:
             for outcome, ids in finished.items():
                 await tx.outbox.finish_many(ids, outcome, now)
             await tx.audit.record_many(events)
+        for (kind, outcome), count in Counter(
+            (job.kind, outcome) for job, outcome, _ in done
+        ).items():
+            metrics.MAIL.labels(kind, outcome).inc(count)
+        debug = log.isEnabledFor(logging.DEBUG)
         for job, outcome, _ in done:
-            metrics.MAIL.labels(job.kind, outcome).inc()
             # Rows that needed no mail are most of a flood: their lines are for debugging.
-            level = logging.INFO if outcome == "sent" else logging.DEBUG
-            log.log(level, "outbox %s %s: %s", job.kind, job.id, outcome)
+            if outcome == "sent" or debug:
+                level = logging.INFO if outcome == "sent" else logging.DEBUG
+                log.log(level, "outbox %s %s: %s", job.kind, job.id, outcome)
 
     def backoff(self, attempts: int) -> float:
         ceiling = min(self.retry_max, self.retry_base * 2 ** max(0, attempts - 1))

@@ -16,6 +16,7 @@ from sqlalchemy import (
     CursorResult,
     Engine,
     Table,
+    bindparam,
     delete,
     func,
     insert,
@@ -251,6 +252,24 @@ class LinkTokens(Generic[T]):
         )
         return _rowcount(result)
 
+    async def revoke_all_of(self, user_ids: Sequence[uuid.UUID], now: datetime) -> None:
+        """`revoke_all` for many accounts, in one statement."""
+        table = _table(self.model)
+        await self.db.execute(
+            update(table)
+            .where(
+                table.c.user_id.in_(user_ids),
+                table.c.used_at.is_(None),
+                table.c.revoked_at.is_(None),
+            )
+            .values(revoked_at=now)
+        )
+
+    async def add_many(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Insert tokens given as column values, in one statement."""
+        if rows:
+            await self.db.execute(insert(_table(self.model)), list(rows))
+
 
 def new_outbox_row(
     kind: str,
@@ -355,13 +374,27 @@ class Outbox:
             .values(user_id=user_id, payload=None)
         )
 
+    async def resolve_many(self, matched: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> None:
+        """`resolve` for many (message id, account id) pairs, in one executemany."""
+        if not matched:
+            return
+        table = _table(OutboxMessage)
+        await self.db.execute(
+            update(table)
+            .where(table.c.id == bindparam("message_id"))
+            .values(user_id=bindparam("account_id"), payload=None),
+            [{"message_id": message, "account_id": account} for message, account in matched],
+        )
+
     async def finish_many(
         self, message_ids: Sequence[uuid.UUID], outcome: str, now: datetime
     ) -> None:
-        """Mark rows done with one `outcome`, in one statement."""
+        """Mark rows done with one `outcome`, in one statement (on the Core table: the ORM's
+        bulk-update bookkeeping cost more than the statement)."""
+        table = _table(OutboxMessage)
         await self.db.execute(
-            update(OutboxMessage)
-            .where(OutboxMessage.id.in_(message_ids))
+            update(table)
+            .where(table.c.id.in_(message_ids))
             .values(
                 status=DONE,
                 outcome=outcome,
