@@ -124,12 +124,25 @@ def log_unhandled(exc: Exception, scope: Scope) -> None:
     errors.error("unhandled %s on %s %s", type(exc).__name__, scope["method"], scope["path"])
 
 
+# The metric children per (route template, method, status), looked up once: `labels()` takes
+# a lock and builds its key on every call. Bounded: templates are the app's routes, and the
+# HTTP parser knows a fixed list of methods.
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
 def answered(scope: Scope, template: str, status: int, started: float) -> None:
     """Count and log an answered request (metrics by route template; the access log line)."""
     elapsed = time.perf_counter() - started
     method = scope["method"]
-    metrics.REQUESTS.labels(template, method, str(status)).inc()
-    metrics.LATENCY.labels(template, method).observe(elapsed)
+    key = (template, method, status)
+    children = _children.get(key)
+    if children is None:
+        children = _children[key] = (
+            metrics.REQUESTS.labels(template, method, str(status)),
+            metrics.LATENCY.labels(template, method),
+        )
+    children[0].inc()
+    children[1].observe(elapsed)
     access.info(
         "%s %s %s %.1fms",
         method,
