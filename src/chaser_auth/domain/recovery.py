@@ -25,7 +25,7 @@ from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.sessions import AuthResult, SessionService
 from chaser_auth.errors import AccountDisabled, InvalidToken
 from chaser_auth.store.intake import Intake
-from chaser_auth.store.repositories import Job, Store, Tx
+from chaser_auth.store.repositories import Job, LinkTokens, Store, Tx
 from chaser_auth.store.tables import ResetToken, User
 
 RESET_REQUEST = "password_reset_request"
@@ -93,6 +93,51 @@ class AddressLimit(Protocol):
     `subjects` (in order; a subject may repeat, and each allowed one counts)?"""
 
     async def allow_many(self, subjects: Sequence[str]) -> list[bool]: ...
+
+
+async def mint_links(
+    tx: Tx,
+    links: LinkTokens[Any],
+    grants: Sequence[tuple[uuid.UUID, uuid.UUID | None]],
+    now: datetime,
+    *,
+    secret: bytes,
+    purpose: str,
+    ttl: timedelta,
+) -> list[str]:
+    """A link for each (account id, outbox row id) in `grants`, in order, stored in `links`
+    (reset or verification tokens) with one statement per step for all of them.
+
+    A newer link revokes every older one (reason 3 in `tokens`): the accounts' links from
+    before, and of an account's grants here all but its last, which are stored revoked. A
+    mailed token is derived from its outbox row (a retried send carries the same link), and
+    the row is resolved to its account (what the client typed is forgotten); a printed one
+    (no row) is random."""
+    await links.revoke_all_of(sorted({user_id for user_id, _ in grants}), now)
+    newest = {user_id: i for i, (user_id, _) in enumerate(grants)}
+    minted: list[str] = []
+    rows: list[dict[str, Any]] = []
+    for i, (user_id, job_id) in enumerate(grants):
+        token = tokens.new_token() if job_id is None else tokens.derive(secret, purpose, job_id)
+        minted.append(token)
+        rows.append(
+            {
+                "id": uuid.uuid4(),
+                "user_id": user_id,
+                "token_digest": tokens.digest(secret, token),
+                "outbox_id": job_id,
+                "created_at": now,
+                "expires_at": now + ttl,
+                "used_at": None,
+                "revoked_at": None if newest[user_id] == i else now,
+            }
+        )
+    await links.add_many(rows)
+    await tx.outbox.resolve_many(
+        [(job_id, user_id) for user_id, job_id in grants if job_id is not None]
+    )
+    metrics.TOKENS.labels(purpose, "issued").inc(len(grants))
+    return minted
 
 
 class RecoveryService:
@@ -198,44 +243,21 @@ class RecoveryService:
     async def _mint_many(
         self, tx: Tx, grants: Sequence[Grant], now: datetime, *, event: str
     ) -> list[str]:
-        """A link for each grant, in order, with one statement per step for all of them.
-
-        A newer link revokes every older one (reason 3 in `tokens`): the accounts' links from
-        before, and of an account's grants here all but its last, which are stored revoked. A
-        mailed token is derived from its outbox row (a retried send carries the same link);
-        a printed one is random."""
-        await tx.reset_tokens.revoke_all_of(sorted({grant.user.id for grant in grants}), now)
-        newest = {grant.user.id: i for i, grant in enumerate(grants)}
-        links: list[str] = []
-        rows: list[dict[str, Any]] = []
+        """`mint_links` for reset links, each grant's audit notes followed by `event`."""
+        links = await mint_links(
+            tx,
+            tx.reset_tokens,
+            [(grant.user.id, grant.job_id) for grant in grants],
+            now,
+            secret=self.secret,
+            purpose=RESET_PURPOSE,
+            ttl=self.ttl,
+        )
         events: list[dict[str, Any]] = []
-        for i, grant in enumerate(grants):
-            if grant.job_id is None:
-                token = tokens.new_token()
-            else:
-                token = tokens.derive(self.secret, RESET_PURPOSE, grant.job_id)
-            links.append(token)
-            rows.append(
-                {
-                    "id": uuid.uuid4(),
-                    "user_id": grant.user.id,
-                    "token_digest": tokens.digest(self.secret, token),
-                    "outbox_id": grant.job_id,
-                    "created_at": now,
-                    "expires_at": now + self.ttl,
-                    "used_at": None,
-                    "revoked_at": None if newest[grant.user.id] == i else now,
-                }
-            )
+        for grant in grants:
             events += [note.event_at(now) for note in grant.notes]
             events.append(Note(event, grant.user.id).event_at(now))
-        await tx.reset_tokens.add_many(rows)
-        # The request has been matched to an account: forget what the client typed.
-        await tx.outbox.resolve_many(
-            [(grant.job_id, grant.user.id) for grant in grants if grant.job_id is not None]
-        )
         await tx.audit.record_many(events)
-        metrics.TOKENS.labels(RESET_PURPOSE, "issued").inc(len(grants))
         return links
 
     async def operator_link(self, user: User) -> str:

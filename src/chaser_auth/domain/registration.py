@@ -14,7 +14,6 @@ only a digest stored, single use, `VERIFY_TOKEN_TTL`; a newer one revokes the ol
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timedelta
 
 from chaser_auth import metrics
@@ -23,11 +22,11 @@ from chaser_auth.domain.accounts import new_user
 from chaser_auth.domain.addresses import address_key, stored_form
 from chaser_auth.domain.clock import Clock
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
-from chaser_auth.domain.recovery import AddressLimit, Letter, Skip
+from chaser_auth.domain.recovery import AddressLimit, Letter, Skip, mint_links
 from chaser_auth.domain.sessions import AuthResult, SessionService
 from chaser_auth.errors import InvalidAddress, InvalidToken
 from chaser_auth.store.intake import Intake
-from chaser_auth.store.repositories import Job, Store, Tx
+from chaser_auth.store.repositories import Job, Store
 from chaser_auth.store.tables import User, VerifyToken
 
 REGISTER = "register"
@@ -89,28 +88,19 @@ class RegistrationService:
                 user = new_user(raw, key, password_hash, now, verified=False)
                 await tx.users.add(user)
                 await tx.audit.record("account_registered", now, user_id=user.id)
-                token = await self._mint(tx, user, job.id, now)
+                [token] = await mint_links(
+                    tx,
+                    tx.verify_tokens,
+                    [(user.id, job.id)],
+                    now,
+                    secret=self.secret,
+                    purpose=VERIFY_PURPOSE,
+                    ttl=self.ttl,
+                )
                 return self._verify_letter(user, token)
-            await tx.outbox.resolve(job.id, user.id)  # forgets the address and the new hash
+            await tx.outbox.resolve_many([(job.id, user.id)])  # forgets the address, the new hash
             await tx.audit.record("register_existing", now, user_id=user.id)
         return self._exists_letter(user) if user.is_active else Skip("account_disabled")
-
-    async def _mint(self, tx: Tx, user: User, job_id: uuid.UUID, now: datetime) -> str:
-        await tx.verify_tokens.revoke_all(user.id, now)
-        token = tokens.derive(self.secret, VERIFY_PURPOSE, job_id)
-        await tx.verify_tokens.add(
-            VerifyToken(
-                id=uuid.uuid4(),
-                user_id=user.id,
-                token_digest=tokens.digest(self.secret, token),
-                outbox_id=job_id,
-                created_at=now,
-                expires_at=now + self.ttl,
-            )
-        )
-        await tx.outbox.resolve(job_id, user.id)
-        metrics.TOKENS.labels(VERIFY_PURPOSE, "issued").inc()
-        return token
 
     async def _resend(self, job: Job, now: datetime) -> Letter | Skip:
         async with self.store.tx() as tx:

@@ -346,12 +346,13 @@ class Worker:
             (job.kind, outcome) for job, outcome, _ in done
         ).items():
             metrics.MAIL.labels(kind, outcome).inc(count)
+        # Rows that needed no mail are most of a flood: their lines are for debugging.
         debug = log.isEnabledFor(logging.DEBUG)
         for job, outcome, _ in done:
-            # Rows that needed no mail are most of a flood: their lines are for debugging.
-            if outcome == "sent" or debug:
-                level = logging.INFO if outcome == "sent" else logging.DEBUG
-                log.log(level, "outbox %s %s: %s", job.kind, job.id, outcome)
+            if outcome == "sent":
+                log.info("outbox %s %s: %s", job.kind, job.id, outcome)
+            elif debug:
+                log.debug("outbox %s %s: %s", job.kind, job.id, outcome)
 
     def backoff(self, attempts: int) -> float:
         ceiling = min(self.retry_max, self.retry_base * 2 ** max(0, attempts - 1))

@@ -216,10 +216,6 @@ class LinkTokens(Generic[T]):
     db: Db
     model: type[T]
 
-    async def add(self, token: T) -> None:
-        self.db.add(token)
-        await self.db.flush()
-
     async def by_digest(self, token_digest: str) -> T | None:
         return await self.db.scalar(
             select(self.model).where(self.model.token_digest == token_digest)
@@ -244,18 +240,12 @@ class LinkTokens(Generic[T]):
         return _rowcount(result) == 1
 
     async def revoke_all(self, user_id: uuid.UUID, now: datetime) -> int:
-        model = self.model
-        result = await self.db.execute(
-            update(model)
-            .where(model.user_id == user_id, model.used_at.is_(None), model.revoked_at.is_(None))
-            .values(revoked_at=now)
-        )
-        return _rowcount(result)
+        return await self.revoke_all_of([user_id], now)
 
-    async def revoke_all_of(self, user_ids: Sequence[uuid.UUID], now: datetime) -> None:
-        """`revoke_all` for many accounts, in one statement."""
+    async def revoke_all_of(self, user_ids: Sequence[uuid.UUID], now: datetime) -> int:
+        """Revoke every outstanding token of these accounts, in one statement; how many."""
         table = _table(self.model)
-        await self.db.execute(
+        result = await self.db.execute(
             update(table)
             .where(
                 table.c.user_id.in_(user_ids),
@@ -264,6 +254,7 @@ class LinkTokens(Generic[T]):
             )
             .values(revoked_at=now)
         )
+        return _rowcount(result)
 
     async def add_many(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert tokens given as column values, in one statement."""
@@ -366,16 +357,9 @@ class Outbox:
         jobs.sort(key=lambda job: job.available_at)  # RETURNING keeps no order
         return jobs
 
-    async def resolve(self, message_id: uuid.UUID, user_id: uuid.UUID) -> None:
-        """A request has been matched to an account: forget what the client typed."""
-        await self.db.execute(
-            update(OutboxMessage)
-            .where(OutboxMessage.id == message_id)
-            .values(user_id=user_id, payload=None)
-        )
-
     async def resolve_many(self, matched: Sequence[tuple[uuid.UUID, uuid.UUID]]) -> None:
-        """`resolve` for many (message id, account id) pairs, in one executemany."""
+        """Requests matched to accounts, as (message id, account id) pairs: forget what the
+        clients typed. One executemany."""
         if not matched:
             return
         table = _table(OutboxMessage)
