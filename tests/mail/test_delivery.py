@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +21,7 @@ from tests.conftest import (
     make_settings,
     serve,
 )
+from tests.test_scale_out import HoldingSink
 
 BACKENDS = EVERY_BACKEND  # SQLite with process memory; PostgreSQL with Redis
 
@@ -123,6 +127,50 @@ async def test_smtp_server_down_then_back_loses_nothing(
             "/auth/password-reset/verify", json={"token": newest.link()[1]}
         )
         assert verify.status_code == 200
+
+
+async def test_a_message_held_by_the_relay_does_not_hold_up_the_rows_behind_it(
+    tmp_path: Path, clock: FakeClock, backend_settings: dict[str, Any]
+) -> None:
+    """A round does not wait for its slowest SMTP conversation: while one message sits with
+    a relay that has not answered its DATA, later requests are still handled."""
+    port = free_port()
+    sink = HoldingSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    settings = make_settings(tmp_path, **backend_settings, smtp_url=f"smtp://127.0.0.1:{port}")
+    try:
+        async with serve(settings, clock, Smtp(sink, port)) as app:
+
+            async def until(predicate: Callable[[list[Any]], bool]) -> list[Any]:
+                # Real time only: the fake clock stays, so the held row's lease does not run out.
+                deadline = time.monotonic() + 20
+                while True:
+                    async with app.runtime.store.tx() as tx:
+                        rows = list(await tx.outbox.listing())
+                    if predicate(rows):
+                        return rows
+                    assert time.monotonic() < deadline, f"outbox stuck at {rows}"
+                    await asyncio.sleep(0.05)
+
+            await app.create_user("held@example.com")
+            sink.holding.set()
+            assert (await app.request_reset("held@example.com")).status_code == 200
+            await until(lambda _: sink.waiting == 1)
+            for i in range(5):
+                assert (await app.request_reset(f"nobody{i}@example.net")).status_code == 200
+            rows = await until(lambda rows: sum(r.status == "done" for r in rows) == 5)
+            assert sink.waiting == 1 and sink.received() == 0, "the held message went meanwhile"
+            assert [r.outcome for r in rows if r.status == "done"] == ["no_account"] * 5
+            assert [r.status for r in rows if r.status != "done"] == ["queued"]  # still in flight
+
+            sink.holding.clear()
+            rows = await app.outbox_until(done)
+            assert sorted(str(r.outcome) for r in rows) == ["no_account"] * 5 + ["sent"]
+            assert len(sink.to("held@example.com")) == 1
+    finally:
+        sink.holding.clear()
+        controller.stop()
 
 
 async def test_backoff_grows_exponentially_with_jitter_and_a_cap(app: Served) -> None:

@@ -1,8 +1,9 @@
 """The delivery worker: outbox → domain → transport.
 
 Each round it claims due rows (a lease, so a crashed worker's rows come back), asks the domain
-what each row should become (a `Letter` to send, or a `Skip`), renders and sends, and records
-the outcome. Delivery is at-least-once: the row is marked done only after the transport
+what each row should become (a `Letter` to send, or a `Skip`), renders and sends — the sending
+runs on beside the next rounds, so a slow relay does not hold up the rows behind it — and
+records the outcome. Delivery is at-least-once: the row is marked done only after the transport
 accepted the message, and a resend carries the same Message-ID and the same link.
 
 Failures back off exponentially with jitter — "equal jitter": half fixed, half random, so
@@ -53,6 +54,7 @@ log = logging.getLogger("chaser_auth.worker")
 
 BATCH = 256  # rows claimed per round
 SENDING = 16  # messages with the transport at once
+IN_FLIGHT = 64  # messages planned and not yet handed over, across rounds, before a round waits
 GATHER = 0.025  # seconds to let rows gather before a round (unless the last one was full)
 HOUSEKEEPING_INTERVAL = 3600.0  # seconds between chores: audit retention, old limit hits
 
@@ -157,6 +159,12 @@ class Worker:
         self.listener = listener
         self.housekeeping = housekeeping
         self._next_housekeeping = 0.0
+        # Outcomes are recorded through a group commit: the rows that need no mail (most rows,
+        # under a flood) in one transaction for all their outcomes and audit notes, and each
+        # sent message as soon as the transport took it, with whatever else is ready then.
+        self._record: GroupCommit[Sequence[Outcome]] = GroupCommit(self._finish)
+        self._gate = asyncio.Semaphore(SENDING)
+        self._sending: set[asyncio.Task[None]] = set()
         self._handlers: dict[str, Handler] = {
             RESET_REQUEST: lambda jobs: self.recovery.prepare_resets(jobs, self.address_limit),
             PASSWORD_CHANGED: one_by_one(self.recovery.prepare_changed_notice),
@@ -170,7 +178,7 @@ class Worker:
             while not stop.is_set():
                 await self._housekeep()
                 try:
-                    handled = await self.run_once()
+                    handled = await self._round()
                 except Exception as exc:  # noqa: BLE001 - the loop must outlive a database outage
                     log.warning("worker round failed: %s", type(exc).__name__)
                     handled = 0
@@ -184,6 +192,7 @@ class Worker:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), GATHER)
         finally:
+            await self._drain()
             if listening is not None:
                 await listening
         log.info("delivery worker stopped")
@@ -208,39 +217,44 @@ class Worker:
         self.wake.clear()
 
     async def run_once(self) -> int:
-        """One round: claim a batch, plan it kind by kind, send. Outcomes are recorded through
-        a `GroupCommit`: the rows that need no mail (most rows, under a flood) in one transaction
-        for all their outcomes and audit notes, and each sent message as soon as the transport
-        took it — were the process to die mid-round, only messages in flight would go out
-        again after the lease, not every one the round had sent."""
+        """One round, and every message it sends handed over: rows claimed."""
+        handled = await self._round()
+        await self._drain()
+        return handled
+
+    async def _round(self) -> int:
+        """Claim a batch, plan it kind by kind, record the rows that need no mail, and start
+        sending the rest; rows claimed. The sending runs on into the next rounds (`SENDING` at
+        a time, `IN_FLIGHT` waiting at most): a round that waited for its slowest SMTP
+        conversation would cap the worker at one batch per conversation, and under load the
+        outbox would grow behind it. A sent message is recorded the moment the transport took
+        it — were the process to die meanwhile, only messages in flight would go out again
+        after the lease, with the same Message-ID and link."""
+        while len(self._sending) >= IN_FLIGHT:
+            await asyncio.wait(set(self._sending), return_when=asyncio.FIRST_COMPLETED)
         now = self.clock()
         async with self.store.tx() as tx:
             jobs = await tx.outbox.claim(now, now + self.lease, BATCH)
         if not jobs:
             return 0
         skipped: list[Outcome] = []
-        letters: list[tuple[Job, Letter]] = []
         for job, plan in await self._plan(jobs):
             if isinstance(plan, Skip):
                 skipped.append((job, plan.outcome, plan.notes))
             elif plan is not None:
-                letters.append((job, plan))
-        # The rows that need no mail are recorded beside the sending, not before it: as one
-        # item (one future), while each message sent is an item of its own.
-        record: GroupCommit[Sequence[Outcome]] = GroupCommit(self._finish)
-        recorded = [record.submit(skipped)] if skipped else []
-        # Side by side, a few at a time: a remote SMTP conversation takes tens of
-        # milliseconds, and one slow relay must not hold up the rest of the batch.
-        gate = asyncio.Semaphore(SENDING)
-        sent = await asyncio.gather(
-            *(self._send(job, letter, gate, record) for job, letter in letters)
-        )
-        recorded += [future for future in sent if future is not None]
-        # A failed write: its rows were handled but not recorded, and go again after the lease.
-        for result in await asyncio.gather(*recorded, return_exceptions=True):
-            if isinstance(result, BaseException):
-                raise result
+                task = asyncio.create_task(self._deliver(job, plan))
+                self._sending.add(task)
+                task.add_done_callback(self._sending.discard)
+        if skipped:
+            # A failed write: its rows were handled but not recorded, and go again after the
+            # lease.
+            await self._record.submit(skipped)
         return len(jobs)
+
+    async def _drain(self) -> None:
+        """Wait for every message in flight to be handed over and recorded (or failed)."""
+        while self._sending:
+            await asyncio.wait(set(self._sending))
 
     async def _plan(self, jobs: Sequence[Job]) -> list[tuple[Job, Plan]]:
         """Each job with what it becomes; None where it failed (already recorded)."""
@@ -282,21 +296,15 @@ class Worker:
                     await self._fail(job, f"error_{type(exc).__name__}", permanent=False)
         return [(job, plans.get(job.id)) for job in jobs]
 
-    async def _send(
-        self,
-        job: Job,
-        letter: Letter,
-        gate: asyncio.Semaphore,
-        record: GroupCommit[Sequence[Outcome]],
-    ) -> asyncio.Future[None] | None:
-        """Render and hand `letter` to the transport, then hand it to `record` as sent (the
-        future of that write); None if it did not go (the failure is recorded on the row)."""
-        async with gate:
+    async def _deliver(self, job: Job, letter: Letter) -> None:
+        """Render and hand `letter` to the transport, then record it as sent; a failure to
+        send is recorded on the row, a failure to record leaves the row to its lease."""
+        async with self._gate:
             try:
                 if self.mail_rate is not None and not await self._within_mail_rate(
                     job, self.mail_rate
                 ):
-                    return None
+                    return
                 message = self.renderer.render(
                     letter.template,
                     to=letter.to,
@@ -307,12 +315,15 @@ class Worker:
                 await self.transport.send(message)
             except DeliveryError as exc:
                 await self._fail(job, exc.code, permanent=exc.permanent)
-                return None
+                return
             except Exception as exc:  # noqa: BLE001 - one bad row must not stop the others
                 log.error("delivery of %s failed unexpectedly: %s", job.id, type(exc).__name__)
                 await self._fail(job, f"error_{type(exc).__name__}", permanent=False)
-                return None
-        return record.submit([(job, "sent", letter.notes)])
+                return
+        try:
+            await self._record.submit([(job, "sent", letter.notes)])
+        except Exception as exc:  # noqa: BLE001 - sent again after the lease, same Message-ID
+            log.warning("recording a sent message failed: %s", type(exc).__name__)
 
     async def _within_mail_rate(self, job: Job, rate: RateLimitItem) -> bool:
         verdict = await self.limiter.hit(rate, "mail-rate", "all")
