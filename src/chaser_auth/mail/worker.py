@@ -297,14 +297,24 @@ class Worker:
         return [(job, plans.get(job.id)) for job in jobs]
 
     async def _deliver(self, job: Job, letter: Letter) -> None:
-        """Render and hand `letter` to the transport, then record it as sent; a failure to
-        send is recorded on the row, a failure to record leaves the row to its lease."""
+        """Send `letter` and record it as sent. Runs as a task of its own: whatever fails here
+        (the database, while recording) is logged, and the row goes again after its lease,
+        with the same Message-ID and link."""
+        try:
+            if await self._send(job, letter):
+                await self._record.submit([(job, "sent", letter.notes)])
+        except Exception as exc:  # noqa: BLE001 - nobody awaits this task's result
+            log.warning("outbox %s %s: not recorded (%s)", job.kind, job.id, type(exc).__name__)
+
+    async def _send(self, job: Job, letter: Letter) -> bool:
+        """Render and hand `letter` to the transport; False if it did not go (the failure is
+        recorded on the row)."""
         async with self._gate:
             try:
                 if self.mail_rate is not None and not await self._within_mail_rate(
                     job, self.mail_rate
                 ):
-                    return
+                    return False
                 message = self.renderer.render(
                     letter.template,
                     to=letter.to,
@@ -315,15 +325,12 @@ class Worker:
                 await self.transport.send(message)
             except DeliveryError as exc:
                 await self._fail(job, exc.code, permanent=exc.permanent)
-                return
+                return False
             except Exception as exc:  # noqa: BLE001 - one bad row must not stop the others
                 log.error("delivery of %s failed unexpectedly: %s", job.id, type(exc).__name__)
                 await self._fail(job, f"error_{type(exc).__name__}", permanent=False)
-                return
-        try:
-            await self._record.submit([(job, "sent", letter.notes)])
-        except Exception as exc:  # noqa: BLE001 - sent again after the lease, same Message-ID
-            log.warning("recording a sent message failed: %s", type(exc).__name__)
+                return False
+        return True
 
     async def _within_mail_rate(self, job: Job, rate: RateLimitItem) -> bool:
         verdict = await self.limiter.hit(rate, "mail-rate", "all")
