@@ -85,6 +85,31 @@ async def test_mail_goes_to_the_stored_address_with_a_working_link(app: Served) 
     assert verify.json()["valid"] is True
 
 
+@pytest.mark.parametrize(
+    ("typed", "local", "domain"),
+    [
+        ("jörg.müller@example.com", "jörg.müller", "example.com"),  # RFC 6531/6532
+        ("Zoë@Bücher.example", "Zoë", "xn--bcher-kva.example"),
+        ("a,b@example.com", "a,b", "example.com"),  # a local part only valid when quoted
+    ],
+)
+async def test_addresses_beyond_the_plain_ascii_dot_atom_get_their_mail(
+    app: Served, typed: str, local: str, domain: str
+) -> None:
+    # An account may be opened with any of these (`addresses`): its reset mail must reach it,
+    # addressed exactly to the stored local part (never re-parsed into another address).
+    await app.create_user(typed)
+    assert (await app.request_reset(typed)).status_code == 200
+    assert app.smtp is not None
+    [received] = await app.smtp.sink.wait_for(1)
+    [to] = received.message["To"].addresses
+    assert (to.username, to.domain) == (local, domain)
+    assert received.recipients == [to.addr_spec]
+    _, token = received.link()
+    verify = await app.client.post("/auth/password-reset/verify", json={"token": token})
+    assert verify.json()["valid"] is True
+
+
 async def test_link_uses_configured_public_url_never_the_host_header(
     tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:

@@ -89,6 +89,34 @@ async def test_permanent_refusal_is_not_retried(app: Served) -> None:
     assert "refuse@example.com" not in (row.last_error or "")
 
 
+async def test_a_relay_without_smtputf8_makes_a_non_ascii_address_a_dead_letter_at_once(
+    tmp_path: Path, clock: FakeClock, backend_settings: dict[str, Any]
+) -> None:
+    sink = SmtpSink()
+    port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port, enable_SMTPUTF8=False)
+    controller.start()
+    try:
+        smtp = Smtp(sink, port)
+        settings = make_settings(tmp_path, **backend_settings, smtp_url=smtp.url)
+        async with serve(settings, clock, smtp) as app:
+            await app.create_user("jörg@example.com")
+            await app.create_user("plain@example.com")
+            await app.request_reset("jörg@example.com")
+            await app.request_reset("plain@example.com")
+            rows = await app.outbox_until(
+                lambda rows: len(rows) == 2 and all(r.status != "queued" for r in rows)
+            )
+            by_outcome = {row.status: row for row in rows}
+            assert by_outcome["dead"].attempts == 1
+            assert by_outcome["dead"].last_error == "smtp_no_smtputf8"
+            assert by_outcome["done"].outcome == "sent"
+            [received] = sink.messages
+            assert received.recipients == ["plain@example.com"]
+    finally:
+        controller.stop()
+
+
 async def test_smtp_server_down_then_back_loses_nothing(
     tmp_path: Path, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:

@@ -75,6 +75,12 @@ class SmtpTransport:
             codes = sorted({r.code for r in exc.recipients})
             permanent = all(500 <= c < 600 for c in codes)
             raise DeliveryError(f"smtp_refused_{codes}", permanent=permanent) from None
+        except aiosmtplib.SMTPNotSupported:
+            if not str(message["To"]).isascii():
+                # The address needs SMTPUTF8 (RFC 6531) and the relay does not offer it: no
+                # retry will change that. `outbox retry` sends it again once the relay does.
+                raise DeliveryError("smtp_no_smtputf8", permanent=True) from None
+            raise DeliveryError("smtp_SMTPNotSupported") from None
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             raise DeliveryError(f"smtp_{type(exc).__name__}") from None
 
