@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import ipaddress
+import socket
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -62,27 +62,38 @@ def scope_client_address(scope: Scope) -> str:
     return peer
 
 
-@functools.lru_cache(maxsize=4096)
+_V4_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def _packed(address: str) -> bytes | None:
+    """The address as 4 or 16 bytes, or None when it is not an IP address. Parsed by the C
+    library: `ipaddress` parses in Python, at several microseconds an address — more than the
+    rest of a seed request's limit check — and a flood from many addresses defeats any cache
+    in front of it. An IPv6 zone ("%eth0") is dropped: the address is the same host."""
+    try:
+        if ":" in address:
+            return socket.inet_pton(socket.AF_INET6, address.partition("%")[0])
+        return socket.inet_pton(socket.AF_INET, address)
+    except (OSError, ValueError):  # not an address; ValueError: an embedded NUL
+        return None
+
+
 def _limit_unit(address: str) -> str:
-    # Cached: parsing an address costs more than the rest of a seed request's limit check,
-    # and the same clients come back. Bounded, so a flood of new addresses only evicts.
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
+    packed = _packed(address)
+    if packed is None:
         return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
-    return str(ip)
+    if len(packed) == 4:
+        return socket.inet_ntop(socket.AF_INET, packed)
+    if packed.startswith(_V4_MAPPED):
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    return socket.inet_ntop(socket.AF_INET6, packed[:8] + bytes(8)) + "/64"
 
 
-@functools.lru_cache(maxsize=4096)
 def _within(address: str, networks: tuple[Network, ...]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
+    packed = _packed(address)
+    if packed is None:
         return False
+    ip = ipaddress.ip_address(packed)
     return any(ip in net for net in networks)
 
 
