@@ -9,7 +9,8 @@ HTTP implementation uvicorn picks by itself, access log and server header off):
    addresses that have an account and with addresses that have none, and with existing
    addresses on two processes (`serve --workers 2`) (and, with
    `--extra-variants`, unknown addresses with `serve --no-worker` and with
-   `CHASER_AUTH_LOG_LEVEL=WARNING`).
+   `CHASER_AUTH_LOG_LEVEL=WARNING`, and existing addresses with the delivery worker as a
+   process of its own: `serve --no-worker` beside `chaser-auth worker` on the same file).
 
 Load: `wrk` (Lua script for the POST bodies) if it is on PATH, else `bench/loadgen.py`; either
 way a separate process with `--connections` keep-alive connections, whose CPU time is
@@ -28,13 +29,16 @@ import random
 import re
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from _harness import (
     BENCH_DIR,
+    CHASER,
     HOST,
     PYTHON,
     Load,
@@ -42,12 +46,15 @@ from _harness import (
     Server,
     chaser_env,
     clean_env,
+    cpu_seconds,
     create_accounts,
     drive,
     fmt,
     free_port,
+    kill_quietly,
     log_problems,
     outbox_counts,
+    peak_rss_mb,
     start_chaser,
     start_server,
     stop,
@@ -89,20 +96,51 @@ def chaser_phase(
     args: argparse.Namespace,
     load: Load,
     serve_args: tuple[str, ...] = (),
+    side_worker: bool = False,
     **env_extra: str,
 ) -> Result:
-    """A fresh `chaser-auth serve` on a fresh copy of the seeded database, driven once."""
+    """A fresh `chaser-auth serve` on a fresh copy of the seeded database, driven once; with
+    `side_worker`, `chaser-auth worker` beside it (for `serve --no-worker`), its CPU time read
+    as a probe, i.e. not in the server's columns."""
     workdir = root / re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
     shutil.copytree(template, workdir / "var")  # same accounts, empty outbox, fresh process
     server: Server | None = None
+    worker: subprocess.Popen[bytes] | None = None
+    worker_rss: float | None = None
+    env = chaser_env(workdir, **env_extra)
     try:
-        server = start_chaser(label, workdir, chaser_env(workdir, **env_extra), serve_args)
-        result = drive(server, bodies, load, workdir, label)
+        server = start_chaser(label, workdir, env, serve_args)
+        probes: dict[str, Callable[[], float]] = {}
+        if side_worker:
+            with (workdir / "worker.log").open("wb") as worker_log:
+                worker = subprocess.Popen(
+                    [str(CHASER), "worker"],
+                    cwd=workdir,
+                    env=env,
+                    stdout=worker_log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            pid = worker.pid
+            probes["worker"] = lambda: cpu_seconds(pid)
+        result = drive(server, bodies, load, workdir, label, probes)
         counts = outbox_counts(workdir)
         time.sleep(args.drain_window)  # no load now: how fast does the worker catch up?
         later = outbox_counts(workdir)
+        if worker is not None:
+            worker_rss = peak_rss_mb(worker.pid)
     finally:
         code = stop(server)
+        kill_quietly(worker)
+    if worker is not None:
+        worker_cpu = result.probe_cpu.get("worker", NAN)
+        per_request = 10 * (result.server_cpu + worker_cpu) / result.rps if result.rps else NAN
+        problems = {k: v for k, v in log_problems(workdir / "worker.log").items() if v}
+        result.notes.append(
+            f"`chaser-auth worker` beside it: {fmt(worker_cpu, '.0f')}% of one core (not in "
+            f"srv CPU%); server + worker {fmt(per_request, '.3f')} CPU ms/req; worker peak RSS "
+            f"{fmt(worker_rss, '.1f')} MB; worker log problems {problems or 'none'}"
+        )
     problems = {k: v for k, v in log_problems(workdir / "server.log").items() if v}
     mails = len(list((workdir / "var" / "mail").glob("*.eml")))
     drained = later.get("done", 0) - counts.get("done", 0)
@@ -141,7 +179,8 @@ def main() -> int:
     parser.add_argument(
         "--extra-variants",
         action="store_true",
-        help="also run unknown addresses with `serve --no-worker` and with LOG_LEVEL=WARNING",
+        help="also run unknown addresses with `serve --no-worker` and with LOG_LEVEL=WARNING, "
+        "and existing addresses with the worker as a process of its own",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, db)")
     args = parser.parse_args()
@@ -206,24 +245,35 @@ def main() -> int:
         existing_bodies = [json.dumps({"email": e}) for e in created] * (10_000 // len(created) + 1)
         rng.shuffle(existing_bodies)
         template = seed_dir / "var"
-        variants: list[tuple[str, list[str], tuple[str, ...], dict[str, str]]] = [
-            ("chaser-auth existing addresses", existing_bodies, (), {}),
-            ("chaser-auth unknown addresses", unknown_bodies, (), {}),
-            ("chaser-auth existing, --workers 2", existing_bodies, ("--workers", "2"), {}),
+        Variant = tuple[str, list[str], tuple[str, ...], bool, dict[str, str]]
+        variants: list[Variant] = [
+            ("chaser-auth existing addresses", existing_bodies, (), False, {}),
+            ("chaser-auth unknown addresses", unknown_bodies, (), False, {}),
+            ("chaser-auth existing, --workers 2", existing_bodies, ("--workers", "2"), False, {}),
         ]
         if args.extra_variants:
             variants += [
-                ("chaser-auth unknown, --no-worker", unknown_bodies, ("--no-worker",), {}),
+                ("chaser-auth unknown, --no-worker", unknown_bodies, ("--no-worker",), False, {}),
                 (
                     "chaser-auth unknown, LOG_LEVEL=WARN",
                     unknown_bodies,
                     (),
+                    False,
                     {"CHASER_AUTH_LOG_LEVEL": "WARNING"},
                 ),
+                (
+                    "chaser-auth existing, worker process",
+                    existing_bodies,
+                    ("--no-worker",),
+                    True,
+                    {},
+                ),
             ]
-        for label, bodies, serve_args, env_extra in variants:
+        for label, bodies, serve_args, side_worker, env_extra in variants:
             results.append(
-                chaser_phase(label, template, root, bodies, args, load, serve_args, **env_extra)
+                chaser_phase(
+                    label, template, root, bodies, args, load, serve_args, side_worker, **env_extra
+                )
             )
             print(f"  {label} done at {time.monotonic() - started:.0f} s", flush=True)
 

@@ -57,7 +57,9 @@ class Runtime:
             store, clock, secret, settings.session_idle_ttl, settings.session_max_ttl
         )
         path = sqlite_path(settings.database_url)
-        intake: Intake = SqliteIntake(path) if path is not None else OutboxIntake(store)
+        intake: Intake = (
+            SqliteIntake(path, store.write_lock) if path is not None else OutboxIntake(store)
+        )
         return cls(
             settings=settings,
             clock=clock,

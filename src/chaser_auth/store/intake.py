@@ -113,14 +113,16 @@ class SqliteIntake:
 
     Requests queue their row and wait on a future; the thread takes everything queued, writes
     it with one multi-row INSERT, its own transaction (the engine's pragmas: WAL,
-    `synchronous=FULL`, the busy timeout), and settles that batch's futures with one callback
+    `synchronous=FULL`, the busy timeout; within the process it takes turns with the
+    `Store`'s transactions on `write_lock`), and settles that batch's futures with one callback
     on the event loop: success once committed, or the error (as SQLAlchemy's `DBAPIError`,
     like every other database fault, so the API answers it the same way). Values are
     converted by the outbox columns' own SQLAlchemy types, so these rows are stored exactly as
     the `Store` stores them."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, write_lock: threading.Lock | None = None) -> None:
         self.path = path
+        self._write_lock = write_lock or threading.Lock()  # `Store.write_lock`
         dialect = sqlite.dialect()
         columns = OutboxMessage.__table__.c
         # Each column's own conversion (None where the driver takes the value as it is).
@@ -199,7 +201,8 @@ class SqliteIntake:
         # itself and waits for it under the busy timeout, as BEGIN IMMEDIATE would.)
         statement = _INSERT + ", ".join([_ROW] * len(batch))
         try:
-            connection.execute(statement, values)
+            with self._write_lock:
+                connection.execute(statement, values)
         except sqlite3.Error as exc:
             raise DBAPIError.instance(
                 _INSERT + _ROW, None, exc, sqlite3.Error, hide_parameters=True

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -570,13 +571,21 @@ class Store:
         # (With `inline` the turns also keep a transaction that awaits something else from
         # meeting another one on the same thread, which would wait on it forever.)
         self._turns = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+        # The request path's writer thread (`intake.SqliteIntake`) is in this process too: it
+        # takes this lock around each insert, and an inline transaction holds it from BEGIN
+        # to COMMIT, so the two wait for each other here — woken the moment the other is done
+        # — and never in SQLite's busy handler, whose naps (1, 2, 5, 10 ms …) held up every
+        # request of a batch that met a worker transaction. Blocking the loop's thread here
+        # costs it at most one batch insert: the waiting releases the GIL, so the writer
+        # finishes meanwhile.
+        self.write_lock = threading.Lock() if inline is not None else None
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[Tx]:
         """One transaction: committed when the block ends, rolled back if it raises."""
         async with self._turn():
-            if self._inline is not None:
-                with self._inline() as session, session.begin():
+            if self._inline is not None and self.write_lock is not None:
+                with self.write_lock, self._inline() as session, session.begin():
                     yield Tx(InlineSession(session))
             else:
                 async with self._sessions() as db, db.begin():
