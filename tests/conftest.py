@@ -91,6 +91,7 @@ class Received:
     sender: str
     recipients: list[str]
     message: EmailMessage
+    peer: Any = None  # the client's (address, port): one per SMTP connection
 
     def text(self) -> str:
         part = self.message.get_body(("plain",))
@@ -126,7 +127,7 @@ class SmtpSink:
         else:
             parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(parsed, EmailMessage)
-        received = Received(envelope.mail_from, list(envelope.rcpt_tos), parsed)
+        received = Received(envelope.mail_from, list(envelope.rcpt_tos), parsed, session.peer)
         with self.lock:
             (self.refused if self.fail_with else self.messages).append(received)
         return self.fail_with or "250 OK"

@@ -43,6 +43,7 @@ class Runtime:
     recovery: RecoveryService
     registration: RegistrationService
     wake: asyncio.Event
+    transport: MailTransport  # the workers' unless one is given; its connections are kept
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock = utcnow) -> Runtime:
@@ -96,6 +97,7 @@ class Runtime:
                 sessions=sessions,
             ),
             wake=asyncio.Event(),
+            transport=make_transport(settings),
         )
 
     def worker(self, transport: MailTransport | None = None) -> Worker:
@@ -109,7 +111,7 @@ class Runtime:
             recovery=self.recovery,
             registration=self.registration,
             renderer=Renderer(s.mail_from, s.templates_dir),
-            transport=transport or make_transport(s),
+            transport=transport or self.transport,
             address_limit=self._address_limit(),
             limiter=self.limiter,
             mail_rate=s.limit("mail_rate") if s.mail_rate else None,
@@ -144,6 +146,7 @@ class Runtime:
             await tx.limit_hits.purge(before)
 
     async def close(self) -> None:
+        await self.transport.close()
         await self.recovery.intake.close()
         await self.limiter.close()
         await self.store.close()

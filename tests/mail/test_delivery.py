@@ -89,6 +89,45 @@ async def test_permanent_refusal_is_not_retried(app: Served) -> None:
     assert "refuse@example.com" not in (row.last_error or "")
 
 
+async def test_one_smtp_connection_carries_message_after_message(app: Served) -> None:
+    assert app.smtp is not None
+    for i in range(3):
+        await app.create_user(f"reuse{i}@example.com")
+        await app.reset_link(f"reuse{i}@example.com")  # one at a time: each waits for its mail
+    peers = {received.peer for received in app.smtp.sink.messages}
+    assert len(app.smtp.sink.messages) == 3
+    assert len(peers) == 1  # no new TCP connection, greeting and EHLO per message
+
+
+async def test_a_connection_the_relay_dropped_is_replaced_without_a_failed_attempt(
+    tmp_path: Path, clock: FakeClock, backend_settings: dict[str, Any]
+) -> None:
+    sink = SmtpSink()
+    port = free_port()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    smtp = Smtp(sink, port)
+    settings = make_settings(tmp_path, **backend_settings, smtp_url=smtp.url)
+    try:
+        async with serve(settings, clock, smtp) as app:
+            await app.create_user("before@example.com")
+            await app.create_user("after@example.com")
+            await app.reset_link("before@example.com")
+            # The relay restarts: the connection kept from the first message is dead.
+            controller.stop()
+            controller = Controller(sink, hostname="127.0.0.1", port=port)
+            controller.start()
+            await app.reset_link("after@example.com")
+            first, second = sink.messages
+            assert first.peer != second.peer
+            await app.settle()
+            async with app.runtime.store.tx() as tx:
+                rows = await tx.outbox.listing()
+            assert [(row.outcome, row.attempts) for row in rows] == [("sent", 1), ("sent", 1)]
+    finally:
+        controller.stop()
+
+
 async def test_a_relay_without_smtputf8_makes_a_non_ascii_address_a_dead_letter_at_once(
     tmp_path: Path, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:
