@@ -2,7 +2,8 @@
 
 Templates are Jinja2 (`<name>.subject.txt`, `<name>.txt`, `<name>.html` under mail/templates/).
 An operator overrides any of them by putting a file of the same name in
-`CHASER_AUTH_TEMPLATES_DIR`; the HTML part is autoescaped.
+`CHASER_AUTH_TEMPLATES_DIR` (read once per process: restart after editing one); the HTML part
+is autoescaped.
 
 A stored address whose local part is not ASCII (an account may have one: `addresses`) is
 written in UTF-8 in the To header (RFC 6532), which the transport then sends with SMTPUTF8
@@ -64,6 +65,9 @@ class Renderer:
             autoescape=select_autoescape(["html"], default_for_string=False),
             undefined=StrictUndefined,
             keep_trailing_newline=True,
+            # Each template is read once per process: Jinja2 would otherwise stat its file
+            # (through both loaders) on every use, eight system calls per message.
+            auto_reload=False,
         )
         self.mail_from = mail_from
         domain = parseaddr(mail_from)[1].rpartition("@")[2]
