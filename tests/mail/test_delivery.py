@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -99,45 +100,45 @@ async def test_one_smtp_connection_carries_message_after_message(app: Served) ->
     assert len(peers) == 1  # no new TCP connection, greeting and EHLO per message
 
 
+@contextlib.contextmanager
+def relay(sink: SmtpSink, port: int, **options: Any) -> Iterator[None]:
+    """An aiosmtpd relay on `port` for the block (options: aiosmtpd's SMTP settings)."""
+    controller = Controller(sink, hostname="127.0.0.1", port=port, **options)
+    controller.start()
+    try:
+        yield
+    finally:
+        controller.stop()
+
+
 async def test_a_connection_the_relay_dropped_is_replaced_without_a_failed_attempt(
     tmp_path: Path, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:
     sink = SmtpSink()
-    port = free_port()
-    controller = Controller(sink, hostname="127.0.0.1", port=port)
-    controller.start()
-    smtp = Smtp(sink, port)
+    smtp = Smtp(sink, free_port())
     settings = make_settings(tmp_path, **backend_settings, smtp_url=smtp.url)
-    try:
-        async with serve(settings, clock, smtp) as app:
-            await app.create_user("before@example.com")
-            await app.create_user("after@example.com")
+    async with serve(settings, clock, smtp) as app:
+        await app.create_user("before@example.com")
+        await app.create_user("after@example.com")
+        with relay(sink, smtp.port):
             await app.reset_link("before@example.com")
-            # The relay restarts: the connection kept from the first message is dead.
-            controller.stop()
-            controller = Controller(sink, hostname="127.0.0.1", port=port)
-            controller.start()
+        with relay(sink, smtp.port):  # restarted: the connection kept from the first is dead
             await app.reset_link("after@example.com")
-            first, second = sink.messages
-            assert first.peer != second.peer
             await app.settle()
-            async with app.runtime.store.tx() as tx:
-                rows = await tx.outbox.listing()
-            assert [(row.outcome, row.attempts) for row in rows] == [("sent", 1), ("sent", 1)]
-    finally:
-        controller.stop()
+        first, second = sink.messages
+        assert first.peer != second.peer
+        async with app.runtime.store.tx() as tx:
+            rows = await tx.outbox.listing()
+        assert [(row.outcome, row.attempts) for row in rows] == [("sent", 1), ("sent", 1)]
 
 
 async def test_a_relay_without_smtputf8_makes_a_non_ascii_address_a_dead_letter_at_once(
     tmp_path: Path, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:
     sink = SmtpSink()
-    port = free_port()
-    controller = Controller(sink, hostname="127.0.0.1", port=port, enable_SMTPUTF8=False)
-    controller.start()
-    try:
-        smtp = Smtp(sink, port)
-        settings = make_settings(tmp_path, **backend_settings, smtp_url=smtp.url)
+    smtp = Smtp(sink, free_port())
+    settings = make_settings(tmp_path, **backend_settings, smtp_url=smtp.url)
+    with relay(sink, smtp.port, enable_SMTPUTF8=False):
         async with serve(settings, clock, smtp) as app:
             await app.create_user("jörg@example.com")
             await app.create_user("plain@example.com")
@@ -146,14 +147,12 @@ async def test_a_relay_without_smtputf8_makes_a_non_ascii_address_a_dead_letter_
             rows = await app.outbox_until(
                 lambda rows: len(rows) == 2 and all(r.status != "queued" for r in rows)
             )
-            by_outcome = {row.status: row for row in rows}
-            assert by_outcome["dead"].attempts == 1
-            assert by_outcome["dead"].last_error == "smtp_no_smtputf8"
-            assert by_outcome["done"].outcome == "sent"
-            [received] = sink.messages
-            assert received.recipients == ["plain@example.com"]
-    finally:
-        controller.stop()
+    by_status = {row.status: row for row in rows}
+    assert by_status["dead"].attempts == 1
+    assert by_status["dead"].last_error == "smtp_no_smtputf8"
+    assert by_status["done"].outcome == "sent"
+    [received] = sink.messages
+    assert received.recipients == ["plain@example.com"]
 
 
 async def test_smtp_server_down_then_back_loses_nothing(

@@ -156,20 +156,11 @@ class SmtpTransport:
         client.close()
 
     async def check(self) -> None:
-        """Connect, log in if configured, and send NOOP (`chaser-auth doctor`); DeliveryError
-        with the reason when the relay cannot be used."""
-        client = aiosmtplib.SMTP(
-            hostname=self.hostname,
-            port=self.port,
-            use_tls=self.use_tls,
-            start_tls=self.start_tls,
-            timeout=self.timeout,
-            tls_context=ssl.create_default_context() if self.use_tls or self.start_tls else None,
-        )
+        """Connect and log in as `send` does, and send NOOP (`chaser-auth doctor`);
+        DeliveryError with the reason when the relay cannot be used."""
+        client = self._client()
         try:
             await client.connect()
-            if self.username is not None and self.password is not None:
-                await client.login(self.username, self.password)
             await client.noop()
         except aiosmtplib.SMTPResponseException as exc:
             raise DeliveryError(f"smtp_{exc.code}", permanent=True) from None
