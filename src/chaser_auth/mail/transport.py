@@ -116,16 +116,10 @@ class SmtpTransport:
                 continue
             try:
                 await client.send_message(message)
-            except (aiosmtplib.SMTPServerDisconnected, ConnectionError):
+            except BaseException as exc:
                 client.close()
-                break  # the relay closed the session while it waited: a fresh one below
-            except aiosmtplib.SMTPResponseException as exc:
-                client.close()
-                if exc.code != 421:  # 421: the relay is closing this session (RFC 5321 §3.8)
-                    raise
-                break
-            except BaseException:
-                client.close()
+                if _dropped(exc):
+                    break  # the relay closed the session while it waited: a fresh one below
                 raise
             await self._done_with(client, sent + 1)
             return
@@ -169,6 +163,14 @@ class SmtpTransport:
         finally:
             if client.is_connected:
                 client.close()
+
+
+def _dropped(exc: BaseException) -> bool:
+    """Whether `exc` says the relay had ended the session, not that it refused the message:
+    the connection went, or 421, "closing transmission channel" (RFC 5321 §3.8)."""
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return exc.code == 421
+    return isinstance(exc, (aiosmtplib.SMTPServerDisconnected, ConnectionError))
 
 
 class FileTransport:

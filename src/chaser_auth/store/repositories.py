@@ -577,14 +577,14 @@ class Store:
         # — and never in SQLite's busy handler, whose naps (1, 2, 5, 10 ms …) held up every
         # request of a batch that met a worker transaction. Blocking the loop's thread here
         # costs it at most one batch insert: the waiting releases the GIL, so the writer
-        # finishes meanwhile.
-        self.write_lock = threading.Lock() if inline is not None else None
+        # finishes meanwhile. (Taken only with `inline`: PostgreSQL has no such writer.)
+        self.write_lock = threading.Lock()
 
     @asynccontextmanager
     async def tx(self) -> AsyncIterator[Tx]:
         """One transaction: committed when the block ends, rolled back if it raises."""
         async with self._turn():
-            if self._inline is not None and self.write_lock is not None:
+            if self._inline is not None:
                 with self.write_lock, self._inline() as session, session.begin():
                     yield Tx(InlineSession(session))
             else:
