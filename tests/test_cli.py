@@ -641,7 +641,14 @@ def test_a_short_secret_key_is_refused(tmp_path: Path) -> None:
 def test_serve_with_two_processes_on_one_sqlite_file_sends_each_mail_once(
     tmp_path: Path, smtp: Smtp
 ) -> None:
-    env = tmp_env(tmp_path, CHASER_AUTH_SMTP_URL=smtp.url, CHASER_AUTH_WORKER_POLL_INTERVAL="0.05")
+    # Twelve requests from one address: the per-IP limit (10/minute, counted per process without
+    # Redis) is raised so that however the kernel spreads them over the processes none is refused.
+    env = tmp_env(
+        tmp_path,
+        CHASER_AUTH_SMTP_URL=smtp.url,
+        CHASER_AUTH_WORKER_POLL_INTERVAL="0.05",
+        CHASER_AUTH_RATE_LIMIT_RESET_PER_IP="100/minute",
+    )
     addresses = [f"multi{i}@example.com" for i in range(6)]
     created = cli_parallel(
         [("users", "create", a, "--password-stdin") for a in addresses],
