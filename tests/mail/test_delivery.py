@@ -239,6 +239,61 @@ async def test_a_message_held_by_the_relay_does_not_hold_up_the_rows_behind_it(
         controller.stop()
 
 
+async def test_a_message_whose_lease_runs_out_at_the_relay_is_not_sent_again_by_its_worker(
+    tmp_path: Path, clock: FakeClock, backend_settings: dict[str, Any]
+) -> None:
+    """A row still with the relay when its lease runs out is claimed again by the worker's
+    next round; the send under way records it, and the worker does not send it a second
+    time beside it."""
+    port = free_port()
+    sink = HoldingSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    settings = make_settings(tmp_path, **backend_settings, smtp_url=f"smtp://127.0.0.1:{port}")
+    try:
+        async with serve(settings, clock, Smtp(sink, port)) as app:
+
+            async def attempts() -> int:
+                async with app.runtime.store.tx() as tx:
+                    [row] = await tx.outbox.listing()
+                return row.attempts
+
+            async def until(what: str, check: Callable[[], Any]) -> None:
+                deadline = time.monotonic() + 20
+                while not await check():
+                    assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                    await asyncio.sleep(0.02)
+
+            async def held() -> bool:
+                return sink.waiting >= 1
+
+            async def claimed_again() -> bool:
+                return await attempts() == 2
+
+            await app.create_user("lease@example.com")
+            sink.holding.set()
+            assert (await app.request_reset("lease@example.com")).status_code == 200
+            await until("the message to reach the relay", held)
+            clock.advance(settings.worker_lease + 1)  # the lease has run out: the row is due
+            app.runtime.wake.set()
+            await until("the row to be claimed again", claimed_again)
+            # A second send would reach the relay within moments: give it a second to.
+            deadline = time.monotonic() + 1
+            while sink.waiting < 2 and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            assert sink.waiting == 1, "the row went to the relay a second time"
+
+            sink.holding.clear()
+            [row] = await app.outbox_until(done)
+            assert row.outcome == "sent"
+            await app.settle()
+            assert len(sink.to("lease@example.com")) == 1
+            assert sink.abandoned == []
+    finally:
+        sink.holding.clear()
+        controller.stop()
+
+
 async def test_backoff_grows_exponentially_with_jitter_and_a_cap(app: Served) -> None:
     worker = app.runtime.worker()
     base, cap = app.settings.mail_retry_base, app.settings.mail_retry_max

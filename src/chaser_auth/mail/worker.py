@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -164,7 +165,9 @@ class Worker:
         # sent message as soon as the transport took it, with whatever else is ready then.
         self._record: GroupCommit[Sequence[Outcome]] = GroupCommit(self._finish)
         self._gate = asyncio.Semaphore(SENDING)
-        self._sending: set[asyncio.Task[None]] = set()
+        # Each message in flight by its row: a row whose lease ran out while it was still with
+        # the relay is claimed again by a later round, which must not send it a second time.
+        self._sending: dict[uuid.UUID, asyncio.Task[None]] = {}
         self._handlers: dict[str, Handler] = {
             RESET_REQUEST: lambda jobs: self.recovery.prepare_resets(jobs, self.address_limit),
             PASSWORD_CHANGED: one_by_one(self.recovery.prepare_changed_notice),
@@ -231,30 +234,36 @@ class Worker:
         it — were the process to die meanwhile, only messages in flight would go out again
         after the lease, with the same Message-ID and link."""
         while len(self._sending) >= IN_FLIGHT:
-            await asyncio.wait(set(self._sending), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(self._sending.values(), return_when=asyncio.FIRST_COMPLETED)
         now = self.clock()
         async with self.store.tx() as tx:
-            jobs = await tx.outbox.claim(now, now + self.lease, BATCH)
-        if not jobs:
+            claimed = await tx.outbox.claim(now, now + self.lease, BATCH)
+        if not claimed:
             return 0
+        # A row of ours still with the relay (its lease ran out meanwhile) stays with its send:
+        # that records it, or it goes again after the lease just renewed.
+        jobs = [job for job in claimed if job.id not in self._sending]
         skipped: list[Outcome] = []
         for job, plan in await self._plan(jobs):
             if isinstance(plan, Skip):
                 skipped.append((job, plan.outcome, plan.notes))
             elif plan is not None:
                 task = asyncio.create_task(self._deliver(job, plan))
-                self._sending.add(task)
-                task.add_done_callback(self._sending.discard)
+                self._sending[job.id] = task
+                task.add_done_callback(functools.partial(self._sent, job.id))
         if skipped:
             # A failed write: its rows were handled but not recorded, and go again after the
             # lease.
             await self._record.submit(skipped)
-        return len(jobs)
+        return len(claimed)
+
+    def _sent(self, row: uuid.UUID, _: asyncio.Task[None]) -> None:
+        self._sending.pop(row, None)
 
     async def _drain(self) -> None:
         """Wait for every message in flight to be handed over and recorded (or failed)."""
         while self._sending:
-            await asyncio.wait(set(self._sending))
+            await asyncio.wait(self._sending.values())
 
     async def _plan(self, jobs: Sequence[Job]) -> list[tuple[Job, Plan]]:
         """Each job with what it becomes; None where it failed (already recorded)."""
