@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -289,6 +289,64 @@ async def test_a_message_whose_lease_runs_out_at_the_relay_is_not_sent_again_by_
             await app.settle()
             assert len(sink.to("lease@example.com")) == 1
             assert sink.abandoned == []
+    finally:
+        sink.holding.clear()
+        controller.stop()
+
+
+async def test_a_slow_relay_does_not_lose_the_lease_of_the_message_it_holds(
+    tmp_path: Path, clock: FakeClock, backend_settings: dict[str, Any]
+) -> None:
+    """While a message is with a slow relay its worker renews the lease, so that another
+    worker does not take the row over and send it a second time."""
+    port = free_port()
+    sink = HoldingSink()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    # A 2 s lease: the worker looks at its leases every half second (a quarter lease).
+    settings = make_settings(
+        tmp_path, **backend_settings, smtp_url=f"smtp://127.0.0.1:{port}", worker_lease=2
+    )
+    try:
+        async with serve(settings, clock, Smtp(sink, port)) as app:
+
+            async def row() -> Any:
+                async with app.runtime.store.tx() as tx:
+                    [only] = await tx.outbox.listing()
+                return only
+
+            async def until(what: str, check: Callable[[], Awaitable[bool]]) -> None:
+                deadline = time.monotonic() + 20
+                while not await check():
+                    assert time.monotonic() < deadline, f"timed out waiting for {what}"
+                    await asyncio.sleep(0.02)
+
+            async def held() -> bool:
+                return sink.waiting == 1
+
+            await app.create_user("slow@example.com")
+            sink.holding.set()
+            assert (await app.request_reset("slow@example.com")).status_code == 200
+            await until("the message to reach the relay", held)
+            claimed = await row()
+            assert claimed.attempts == 1
+
+            clock.advance(1.5)  # half a lease or less is left: the worker renews it
+
+            async def renewed() -> bool:
+                lease = (await row()).locked_until
+                return lease is not None and lease > claimed.locked_until
+
+            await until("the lease to be renewed", renewed)
+            clock.advance(1.5)  # past the first lease, within the renewed one
+            other = app.runtime.worker()  # another worker, as in another process
+            assert await other.run_once() == 0, "another worker took over the held row"
+            assert (await row()).attempts == 1 and sink.waiting == 1
+
+            sink.holding.clear()
+            [done_row] = await app.outbox_until(done)
+            assert (done_row.outcome, done_row.attempts) == ("sent", 1)
+            assert len(sink.to("slow@example.com")) == 1
     finally:
         sink.holding.clear()
         controller.stop()

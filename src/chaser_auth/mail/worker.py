@@ -1,6 +1,7 @@
 """The delivery worker: outbox → domain → transport.
 
-Each round it claims due rows (a lease, so a crashed worker's rows come back), asks the domain
+Each round it claims due rows (a lease, so a crashed worker's rows come back; renewed while a
+slow relay holds the message, so a live worker's rows are not taken over), asks the domain
 what each row should become (a `Letter` to send, or a `Skip`), renders and sends — the sending
 runs on beside the next rounds, so a slow relay does not hold up the rows behind it — and
 records the outcome. Delivery is at-least-once: the row is marked done only after the transport
@@ -165,9 +166,11 @@ class Worker:
         # sent message as soon as the transport took it, with whatever else is ready then.
         self._record: GroupCommit[Sequence[Outcome]] = GroupCommit(self._finish)
         self._gate = asyncio.Semaphore(SENDING)
-        # Each message in flight by its row: a row whose lease ran out while it was still with
-        # the relay is claimed again by a later round, which must not send it a second time.
+        # Each message in flight by its row, and the lease the worker holds it with: leases
+        # about to run out are renewed while the relay takes its time, and a row whose lease
+        # ran out all the same and that a later round claims again is not sent a second time.
         self._sending: dict[uuid.UUID, asyncio.Task[None]] = {}
+        self._held: dict[uuid.UUID, datetime] = {}
         self._handlers: dict[str, Handler] = {
             RESET_REQUEST: lambda jobs: self.recovery.prepare_resets(jobs, self.address_limit),
             PASSWORD_CHANGED: one_by_one(self.recovery.prepare_changed_notice),
@@ -177,6 +180,7 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         log.info("delivery worker started")
         listening = asyncio.create_task(self.listener.run(stop)) if self.listener else None
+        keeping = asyncio.create_task(self._keep_leases())
         try:
             while not stop.is_set():
                 await self._housekeep()
@@ -196,6 +200,9 @@ class Worker:
                         await asyncio.wait_for(stop.wait(), GATHER)
         finally:
             await self._drain()
+            keeping.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeping
             if listening is not None:
                 await listening
         log.info("delivery worker stopped")
@@ -236,13 +243,19 @@ class Worker:
         while len(self._sending) >= IN_FLIGHT:
             await asyncio.wait(self._sending.values(), return_when=asyncio.FIRST_COMPLETED)
         now = self.clock()
+        until = now + self.lease
         async with self.store.tx() as tx:
-            claimed = await tx.outbox.claim(now, now + self.lease, BATCH)
+            claimed = await tx.outbox.claim(now, until, BATCH)
         if not claimed:
             return 0
-        # A row of ours still with the relay (its lease ran out meanwhile) stays with its send:
-        # that records it, or it goes again after the lease just renewed.
-        jobs = [job for job in claimed if job.id not in self._sending]
+        # A row of ours still with the relay (its lease ran out meanwhile) stays with its send,
+        # under the new lease: the send records it, or it goes again after that lease.
+        jobs = []
+        for job in claimed:
+            if job.id in self._sending:
+                self._held[job.id] = until
+            else:
+                jobs.append(job)
         skipped: list[Outcome] = []
         for job, plan in await self._plan(jobs):
             if isinstance(plan, Skip):
@@ -250,6 +263,7 @@ class Worker:
             elif plan is not None:
                 task = asyncio.create_task(self._deliver(job, plan))
                 self._sending[job.id] = task
+                self._held[job.id] = until
                 task.add_done_callback(functools.partial(self._sent, job.id))
         if skipped:
             # A failed write: its rows were handled but not recorded, and go again after the
@@ -259,6 +273,34 @@ class Worker:
 
     def _sent(self, row: uuid.UUID, _: asyncio.Task[None]) -> None:
         self._sending.pop(row, None)
+        self._held.pop(row, None)
+
+    async def _keep_leases(self) -> None:
+        """Every quarter of a lease, renew the leases of messages still with the relay that
+        run out within half a lease: a slow relay's message stays with the worker sending it,
+        instead of another worker taking it over and sending it too. Runs until cancelled."""
+        while True:
+            await asyncio.sleep(self.lease.total_seconds() / 4)
+            try:
+                await self._renew()
+            except Exception as exc:  # noqa: BLE001 - tried again at the next turn
+                log.warning("renewing leases failed: %s", type(exc).__name__)
+
+    async def _renew(self) -> None:
+        now = self.clock()
+        due = [(row, lease) for row, lease in self._held.items() if lease - now <= self.lease / 2]
+        if not due:
+            return
+        until = now + self.lease
+        async with self.store.tx() as tx:
+            renewed = set(await tx.outbox.renew(due, until))
+        for row, lease in due:
+            if self._held.get(row) != lease:
+                continue  # sent meanwhile, or claimed again by a round under a newer lease
+            if row in renewed:
+                self._held[row] = until
+            else:  # finished, or another worker's now: nothing left to renew
+                del self._held[row]
 
     async def _drain(self) -> None:
         """Wait for every message in flight to be handed over and recorded (or failed)."""

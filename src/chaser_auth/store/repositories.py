@@ -390,6 +390,27 @@ class Outbox:
             )
         )
 
+    async def renew(
+        self, held: Sequence[tuple[uuid.UUID, datetime]], until: datetime
+    ) -> list[uuid.UUID]:
+        """Extend to `until` the leases of rows a worker still holds, each given with the lease
+        it holds; the ids renewed. A row that was finished, or whose lease ran out and another
+        worker claimed it (a different lease), is left as it is."""
+        renewed = []
+        for message_id, lease in held:
+            result = await self.db.execute(
+                update(OutboxMessage)
+                .where(
+                    OutboxMessage.id == message_id,
+                    OutboxMessage.status == QUEUED,
+                    OutboxMessage.locked_until == lease,
+                )
+                .values(locked_until=until)
+            )
+            if _rowcount(result) == 1:
+                renewed.append(message_id)
+        return renewed
+
     async def retry_later(
         self, message_id: uuid.UUID, at: datetime, error: str, *, refund: bool = False
     ) -> None:
