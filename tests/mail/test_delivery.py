@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -178,12 +178,8 @@ async def test_smtp_server_down_then_back_loses_nothing(
             )
         )
         assert {r.last_error for r in rows if r.status == "queued"} == {"smtp_SMTPConnectError"}
-        controller = Controller(sink, hostname="127.0.0.1", port=port)
-        controller.start()
-        try:
+        with relay(sink, port):
             rows = await app.outbox_until(done)
-        finally:
-            controller.stop()
         # The newer request revoked the older link before either could leave, so the older
         # message is dropped as stale rather than delivering a dead link.
         assert sorted(str(r.outcome) for r in rows) == ["no_account", "sent", "stale"]
@@ -195,103 +191,107 @@ async def test_smtp_server_down_then_back_loses_nothing(
         assert verify.status_code == 200
 
 
+@contextlib.asynccontextmanager
+async def holding_relay(
+    tmp_path: Path, clock: FakeClock, backend: dict[str, Any], **settings: Any
+) -> AsyncIterator[tuple[Served, HoldingSink]]:
+    """The service with a relay that does not answer DATA while `sink.holding` is set; let
+    go before the service stops, so that its worker's last sends can finish."""
+    sink = HoldingSink()
+    port = free_port()
+    smtp = Smtp(sink, port)
+    with relay(sink, port):
+        async with serve(
+            make_settings(tmp_path, **backend, smtp_url=smtp.url, **settings), clock, smtp
+        ) as app:
+            try:
+                yield app, sink
+            finally:
+                sink.holding.clear()
+
+
+async def eventually(what: str, check: Callable[[], Awaitable[bool]]) -> None:
+    """Wait in real time (the fake clock stays where the test put it) until `check` holds."""
+    deadline = time.monotonic() + 20
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def the_row(app: Served) -> Any:
+    async with app.runtime.store.tx() as tx:
+        [row] = await tx.outbox.listing()
+    return row
+
+
 async def test_a_message_held_by_the_relay_does_not_hold_up_the_rows_behind_it(
     tmp_path: Path, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:
     """A round does not wait for its slowest SMTP conversation: while one message sits with
     a relay that has not answered its DATA, later requests are still handled."""
-    port = free_port()
-    sink = HoldingSink()
-    controller = Controller(sink, hostname="127.0.0.1", port=port)
-    controller.start()
-    settings = make_settings(tmp_path, **backend_settings, smtp_url=f"smtp://127.0.0.1:{port}")
-    try:
-        async with serve(settings, clock, Smtp(sink, port)) as app:
+    async with holding_relay(tmp_path, clock, backend_settings) as (app, sink):
 
-            async def until(predicate: Callable[[list[Any]], bool]) -> list[Any]:
-                # Real time only: the fake clock stays, so the held row's lease does not run out.
-                deadline = time.monotonic() + 20
-                while True:
-                    async with app.runtime.store.tx() as tx:
-                        rows = list(await tx.outbox.listing())
-                    if predicate(rows):
-                        return rows
-                    assert time.monotonic() < deadline, f"outbox stuck at {rows}"
-                    await asyncio.sleep(0.05)
+        async def rows() -> list[Any]:
+            async with app.runtime.store.tx() as tx:
+                return list(await tx.outbox.listing())
 
-            await app.create_user("held@example.com")
-            sink.holding.set()
-            assert (await app.request_reset("held@example.com")).status_code == 200
-            await until(lambda _: sink.waiting == 1)
-            for i in range(5):
-                assert (await app.request_reset(f"nobody{i}@example.net")).status_code == 200
-            rows = await until(lambda rows: sum(r.status == "done" for r in rows) == 5)
-            assert sink.waiting == 1 and sink.received() == 0, "the held message went meanwhile"
-            assert [r.outcome for r in rows if r.status == "done"] == ["no_account"] * 5
-            assert [r.status for r in rows if r.status != "done"] == ["queued"]  # still in flight
+        async def held() -> bool:
+            return sink.waiting == 1
 
-            sink.holding.clear()
-            rows = await app.outbox_until(done)
-            assert sorted(str(r.outcome) for r in rows) == ["no_account"] * 5 + ["sent"]
-            assert len(sink.to("held@example.com")) == 1
-    finally:
+        async def five_done() -> bool:
+            return sum(r.status == "done" for r in await rows()) == 5
+
+        await app.create_user("held@example.com")
+        sink.holding.set()
+        assert (await app.request_reset("held@example.com")).status_code == 200
+        await eventually("the message to reach the relay", held)
+        for i in range(5):
+            assert (await app.request_reset(f"nobody{i}@example.net")).status_code == 200
+        await eventually("the five rows behind it", five_done)
+        assert sink.waiting == 1 and sink.received() == 0, "the held message went meanwhile"
+        handled = await rows()
+        assert [r.outcome for r in handled if r.status == "done"] == ["no_account"] * 5
+        assert [r.status for r in handled if r.status != "done"] == ["queued"]  # in flight
+
         sink.holding.clear()
-        controller.stop()
+        finished = await app.outbox_until(done)
+        assert sorted(str(r.outcome) for r in finished) == ["no_account"] * 5 + ["sent"]
+        assert len(sink.to("held@example.com")) == 1
 
 
 async def test_a_message_whose_lease_runs_out_at_the_relay_is_not_sent_again_by_its_worker(
     tmp_path: Path, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:
-    """A row still with the relay when its lease runs out is claimed again by the worker's
-    next round; the send under way records it, and the worker does not send it a second
-    time beside it."""
-    port = free_port()
-    sink = HoldingSink()
-    controller = Controller(sink, hostname="127.0.0.1", port=port)
-    controller.start()
-    settings = make_settings(tmp_path, **backend_settings, smtp_url=f"smtp://127.0.0.1:{port}")
-    try:
-        async with serve(settings, clock, Smtp(sink, port)) as app:
+    """A row still with the relay when its lease runs out (here the clock jumps past it) is
+    claimed again by the worker's next round; the send under way records it, and the worker
+    does not send it a second time beside it."""
+    async with holding_relay(tmp_path, clock, backend_settings) as (app, sink):
 
-            async def attempts() -> int:
-                async with app.runtime.store.tx() as tx:
-                    [row] = await tx.outbox.listing()
-                return row.attempts
+        async def held() -> bool:
+            return sink.waiting >= 1
 
-            async def until(what: str, check: Callable[[], Any]) -> None:
-                deadline = time.monotonic() + 20
-                while not await check():
-                    assert time.monotonic() < deadline, f"timed out waiting for {what}"
-                    await asyncio.sleep(0.02)
+        async def claimed_again() -> bool:
+            return bool((await the_row(app)).attempts == 2)
 
-            async def held() -> bool:
-                return sink.waiting >= 1
+        await app.create_user("lease@example.com")
+        sink.holding.set()
+        assert (await app.request_reset("lease@example.com")).status_code == 200
+        await eventually("the message to reach the relay", held)
+        clock.advance(app.settings.worker_lease + 1)  # the lease has run out: the row is due
+        app.runtime.wake.set()
+        await eventually("the row to be claimed again", claimed_again)
+        # A second send would reach the relay within moments: give it a second to.
+        deadline = time.monotonic() + 1
+        while sink.waiting < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert sink.waiting == 1, "the row went to the relay a second time"
 
-            async def claimed_again() -> bool:
-                return await attempts() == 2
-
-            await app.create_user("lease@example.com")
-            sink.holding.set()
-            assert (await app.request_reset("lease@example.com")).status_code == 200
-            await until("the message to reach the relay", held)
-            clock.advance(settings.worker_lease + 1)  # the lease has run out: the row is due
-            app.runtime.wake.set()
-            await until("the row to be claimed again", claimed_again)
-            # A second send would reach the relay within moments: give it a second to.
-            deadline = time.monotonic() + 1
-            while sink.waiting < 2 and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            assert sink.waiting == 1, "the row went to the relay a second time"
-
-            sink.holding.clear()
-            [row] = await app.outbox_until(done)
-            assert row.outcome == "sent"
-            await app.settle()
-            assert len(sink.to("lease@example.com")) == 1
-            assert sink.abandoned == []
-    finally:
         sink.holding.clear()
-        controller.stop()
+        [row] = await app.outbox_until(done)
+        assert row.outcome == "sent"
+        await app.settle()
+        assert len(sink.to("lease@example.com")) == 1
+        assert sink.abandoned == []
 
 
 async def test_a_slow_relay_does_not_lose_the_lease_of_the_message_it_holds(
@@ -299,57 +299,35 @@ async def test_a_slow_relay_does_not_lose_the_lease_of_the_message_it_holds(
 ) -> None:
     """While a message is with a slow relay its worker renews the lease, so that another
     worker does not take the row over and send it a second time."""
-    port = free_port()
-    sink = HoldingSink()
-    controller = Controller(sink, hostname="127.0.0.1", port=port)
-    controller.start()
     # A 2 s lease: the worker looks at its leases every half second (a quarter lease).
-    settings = make_settings(
-        tmp_path, **backend_settings, smtp_url=f"smtp://127.0.0.1:{port}", worker_lease=2
-    )
-    try:
-        async with serve(settings, clock, Smtp(sink, port)) as app:
+    async with holding_relay(tmp_path, clock, backend_settings, worker_lease=2) as (app, sink):
 
-            async def row() -> Any:
-                async with app.runtime.store.tx() as tx:
-                    [only] = await tx.outbox.listing()
-                return only
+        async def held() -> bool:
+            return sink.waiting == 1
 
-            async def until(what: str, check: Callable[[], Awaitable[bool]]) -> None:
-                deadline = time.monotonic() + 20
-                while not await check():
-                    assert time.monotonic() < deadline, f"timed out waiting for {what}"
-                    await asyncio.sleep(0.02)
+        await app.create_user("slow@example.com")
+        sink.holding.set()
+        assert (await app.request_reset("slow@example.com")).status_code == 200
+        await eventually("the message to reach the relay", held)
+        claimed = await the_row(app)
+        assert claimed.attempts == 1
 
-            async def held() -> bool:
-                return sink.waiting == 1
+        clock.advance(1.5)  # half a lease or less is left: the worker renews it
 
-            await app.create_user("slow@example.com")
-            sink.holding.set()
-            assert (await app.request_reset("slow@example.com")).status_code == 200
-            await until("the message to reach the relay", held)
-            claimed = await row()
-            assert claimed.attempts == 1
+        async def renewed() -> bool:
+            lease = (await the_row(app)).locked_until
+            return lease is not None and lease > claimed.locked_until
 
-            clock.advance(1.5)  # half a lease or less is left: the worker renews it
+        await eventually("the lease to be renewed", renewed)
+        clock.advance(1.5)  # past the first lease, within the renewed one
+        other = app.runtime.worker()  # another worker, as in another process
+        assert await other.run_once() == 0, "another worker took over the held row"
+        assert (await the_row(app)).attempts == 1 and sink.waiting == 1
 
-            async def renewed() -> bool:
-                lease = (await row()).locked_until
-                return lease is not None and lease > claimed.locked_until
-
-            await until("the lease to be renewed", renewed)
-            clock.advance(1.5)  # past the first lease, within the renewed one
-            other = app.runtime.worker()  # another worker, as in another process
-            assert await other.run_once() == 0, "another worker took over the held row"
-            assert (await row()).attempts == 1 and sink.waiting == 1
-
-            sink.holding.clear()
-            [done_row] = await app.outbox_until(done)
-            assert (done_row.outcome, done_row.attempts) == ("sent", 1)
-            assert len(sink.to("slow@example.com")) == 1
-    finally:
         sink.holding.clear()
-        controller.stop()
+        [finished] = await app.outbox_until(done)
+        assert (finished.outcome, finished.attempts) == ("sent", 1)
+        assert len(sink.to("slow@example.com")) == 1
 
 
 async def test_backoff_grows_exponentially_with_jitter_and_a_cap(app: Served) -> None:
