@@ -641,8 +641,8 @@ def test_a_short_secret_key_is_refused(tmp_path: Path) -> None:
 def test_serve_with_two_processes_on_one_sqlite_file_sends_each_mail_once(
     tmp_path: Path, smtp: Smtp
 ) -> None:
-    # Twelve requests from one address: the per-IP limit (10/minute, counted per process without
-    # Redis) is raised so that however the kernel spreads them over the processes none is refused.
+    # Twelve requests from one client address: the per-IP limit (10/minute, counted per process
+    # without Redis) is raised, so that however the kernel spreads them none is refused.
     env = tmp_env(
         tmp_path,
         CHASER_AUTH_SMTP_URL=smtp.url,
