@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     rate_limit_reset_per_ip: str = "10/minute"
     rate_limit_reset_per_address: str = "3/hour"
     rate_limit_login: str = "10/minute"
+    rate_limit_login_per_ip: str = "30/minute"
+    rate_limit_login_per_account: str = "100/hour"
+    rate_limit_token_per_ip: str = "30/minute"  # noqa: S105 - a rate, not a secret
     rate_limit_register_per_ip: str = "20/hour"
     trusted_proxies: str | None = None
 
@@ -84,6 +87,9 @@ class Settings(BaseSettings):
         "rate_limit_reset_per_ip",
         "rate_limit_reset_per_address",
         "rate_limit_login",
+        "rate_limit_login_per_ip",
+        "rate_limit_login_per_account",
+        "rate_limit_token_per_ip",
         "rate_limit_register_per_ip",
         "mail_rate",
     )

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 REDIS_RETRY = 5.0
 REDIS_TIMEOUT = 0.5
+REDIS_CONNECTIONS = 100
 SWEEP_EVERY = 10.0
 log = logging.getLogger("chaser_auth.ratelimit")
 T = TypeVar("T")
@@ -70,6 +71,8 @@ class MovingWindow(Protocol):
     async def test(self, item: RateLimitItem, *identifiers: str, cost: int = 1) -> bool: ...
 
     async def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats: ...
+
+    async def clear(self, item: RateLimitItem, *identifiers: str) -> None: ...
 
 
 class LocalMovingWindow:
@@ -115,6 +118,9 @@ class LocalMovingWindow:
         window_start = hits.times[hits.start] if hits and inside else now
         return WindowStats(window_start + item.get_expiry(), item.amount - inside)
 
+    async def clear(self, item: RateLimitItem, *identifiers: str) -> None:
+        self._hits.pop((item.amount, item.get_expiry(), identifiers), None)
+
     def _sweep(self, now: float) -> None:
         self._next_sweep = now + SWEEP_EVERY
         gone = [key for key, hits in self._hits.items() if hits.inside(now - key[1]) == 0]
@@ -152,10 +158,18 @@ class Limiter:
         self._pool: ConnectionPool | None = None
         if redis_url:
             # Imported only when used: a process without Redis saves its memory.
-            from redis.asyncio import ConnectionPool  # noqa: PLC0415
+            from redis.asyncio import BlockingConnectionPool  # noqa: PLC0415
 
-            self._pool = ConnectionPool.from_url(
-                redis_url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+            # Blocking: a burst of more concurrent requests than the pool has connections
+            # waits (up to REDIS_TIMEOUT) for one to come free. The default pool refuses at
+            # once instead, and every such refusal would drop the limits to process memory —
+            # a burst of guesses would slip past the shared per-account count.
+            self._pool = BlockingConnectionPool.from_url(
+                redis_url,
+                max_connections=REDIS_CONNECTIONS,
+                timeout=REDIS_TIMEOUT,
+                socket_timeout=REDIS_TIMEOUT,
+                socket_connect_timeout=REDIS_TIMEOUT,
             )
             storage = RedisStorage(
                 "async+" + redis_url,
@@ -212,6 +226,14 @@ class Limiter:
         if verdict is not None:
             metrics.LIMITED.labels(scope).inc()
             raise RateLimited(headers=verdict.headers(scope, now))
+
+    async def clear(self, item: RateLimitItem, scope: str, key: str) -> None:
+        """Forget `key`'s hits: its window starts again empty."""
+
+        async def ask(strategy: MovingWindow) -> None:
+            await strategy.clear(item, scope, key)
+
+        await self._ask(ask)
 
     async def enforce(self, item: RateLimitItem, scope: str, key: str, now: float) -> None:
         verdict = await self.hit(item, scope, key)

@@ -22,6 +22,7 @@ from chaser_auth.api.schemas import (
 from chaser_auth.domain import tokens
 from chaser_auth.domain.addresses import address_key
 from chaser_auth.errors import IncorrectPassword, InvalidCredentials
+from chaser_auth.runtime import Runtime
 
 router = APIRouter(prefix="/auth", tags=["subpackage_auth"])
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
@@ -41,18 +42,41 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     },
 )
 async def login(body: LoginRequest, request: Request, runtime: RuntimeDep) -> AuthResponse:
-    # Failed logins are limited per account *and* client address, so an attacker cannot lock
-    # a person out from elsewhere (OWASP Authentication Cheat Sheet, "Account Lockout").
+    # Three budgets (OWASP Authentication Cheat Sheet, "Account Lockout"; NIST SP 800-63B
+    # "Rate Limiting"), each a 429 that is the same for a known and an unknown address:
+    # - per client, every attempt whatever the address: each costs an argon2 verification, so
+    #   one client cannot spend the server's CPU trying address after address;
+    # - per account and client, failures: one client guessing at one account is slowed at
+    #   once, without locking the owner out from elsewhere;
+    # - per account across all clients, every attempt until one succeeds (or a reset does):
+    #   a hundred clients cannot make more than that many guesses at one account per window.
+    #   Counted before the verification, so attempts in flight count too.
+    now = time.time()
+    client = client_key(request)
     subject = tokens.keyed_hash(runtime.secret, address_key(body.email) or body.email)
-    key = f"{subject}:{client_key(request)}"
-    item = runtime.settings.limit("rate_limit_login")
-    await runtime.limiter.blocked(item, "login", key, time.time())
+    failures = runtime.settings.limit("rate_limit_login")
+    account = runtime.settings.limit("rate_limit_login_per_account")
+    await runtime.limiter.blocked(failures, "login", f"{subject}:{client}", now)
+    await runtime.limiter.enforce(
+        runtime.settings.limit("rate_limit_login_per_ip"), "login-ip", client, now
+    )
+    await runtime.limiter.enforce(account, "login-account", subject, now)
     try:
-        result = await runtime.accounts.login(body.email, body.password)
+        result = await runtime.accounts.login(body.email, body.password, client=client)
     except InvalidCredentials:
-        await runtime.limiter.hit(item, "login", key)
+        await runtime.limiter.hit(failures, "login", f"{subject}:{client}")
         raise
+    await runtime.limiter.clear(account, "login-account", subject)
     return AuthResponse(email=result.email, token=result.token, user_id=str(result.user_id))
+
+
+async def forgive_login_failures(runtime: Runtime, email: str) -> None:
+    """After a password reset: the account's login budget across clients starts afresh, so
+    someone who spent it guessing cannot keep the owner out once they have taken it back."""
+    subject = tokens.keyed_hash(runtime.secret, address_key(email) or email)
+    await runtime.limiter.clear(
+        runtime.settings.limit("rate_limit_login_per_account"), "login-account", subject
+    )
 
 
 @router.get(
@@ -94,7 +118,7 @@ async def logout(auth: SessionDep, runtime: RuntimeDep) -> Response:
     responses=UNAUTHORIZED,
 )
 async def list_sessions(auth: SessionDep, runtime: RuntimeDep) -> SessionList:
-    rows = await runtime.sessions.live(auth.user.id)
+    rows = await runtime.sessions.live(auth.user)
     return SessionList(
         sessions=[
             SessionInfo(
@@ -117,8 +141,10 @@ async def list_sessions(auth: SessionDep, runtime: RuntimeDep) -> SessionList:
     response_class=Response,
     responses={**UNAUTHORIZED, **error_responses(404, 422)},
 )
-async def end_session(session_id: uuid.UUID, auth: SessionDep, runtime: RuntimeDep) -> Response:
-    await runtime.sessions.end(auth.user.id, session_id)
+async def end_session(
+    session_id: uuid.UUID, request: Request, auth: SessionDep, runtime: RuntimeDep
+) -> Response:
+    await runtime.sessions.end(auth.user, session_id, client=client_key(request))
     return Response(status_code=204)
 
 
@@ -138,12 +164,13 @@ async def change_password(
 ) -> AuthResponse:
     # Wrong current passwords count against the same per account+client budget as logins: a
     # stolen session must not become a password-guessing oracle.
-    key = f"{auth.user.id}:{client_key(request)}"
+    client = client_key(request)
+    key = f"{auth.user.id}:{client}"
     item = runtime.settings.limit("rate_limit_login")
     await runtime.limiter.blocked(item, "password-change", key, time.time())
     try:
         result = await runtime.accounts.change_password(
-            auth.user, body.current_password, body.password
+            auth.user, body.current_password, body.password, client=client
         )
     except IncorrectPassword:
         await runtime.limiter.hit(item, "password-change", key)

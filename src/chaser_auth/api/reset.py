@@ -6,6 +6,7 @@ import time
 
 from fastapi import APIRouter, Request, Response
 
+from chaser_auth.api.accounts import forgive_login_failures
 from chaser_auth.api.deps import RuntimeDep, client_key
 from chaser_auth.api.errors import error_responses
 from chaser_auth.api.schemas import (
@@ -65,15 +66,28 @@ async def record_request(runtime: Runtime, client: str, email: str) -> None:
     response_model=AuthResponse,
     responses={
         200: {"description": "Password reset completed and session created"},
-        **error_responses(400, 413, 422),
+        **error_responses(400, 413, 422, 429),
     },
 )
 async def confirm_password_reset(
-    body: PasswordResetConfirmRequest, runtime: RuntimeDep
+    body: PasswordResetConfirmRequest, request: Request, runtime: RuntimeDep
 ) -> AuthResponse:
-    result = await runtime.recovery.confirm(body.token, body.password)
+    client = await spend_token_attempt(runtime, request)
+    result = await runtime.recovery.confirm(body.token, body.password, client=client)
     runtime.wake.set()
+    await forgive_login_failures(runtime, result.email)
     return AuthResponse(email=result.email, token=result.token, user_id=str(result.user_id))
+
+
+async def spend_token_attempt(runtime: Runtime, request: Request) -> str:
+    """Every endpoint that takes a link's token counts the attempt against the client's budget
+    (`CHASER_AUTH_RATE_LIMIT_TOKEN_PER_IP`) before looking at it: guessing 256-bit tokens is
+    hopeless, but each failed try is an audit row and a database look-up. The client's key."""
+    client = client_key(request)
+    await runtime.limiter.enforce(
+        runtime.settings.limit("rate_limit_token_per_ip"), "token-ip", client, time.time()
+    )
+    return client
 
 
 @router.post(
@@ -81,10 +95,14 @@ async def confirm_password_reset(
     operation_id="verify-password-reset",
     summary="Check a password reset token without using it",
     response_model=PasswordResetVerifyResponse,
-    responses={200: {"description": "The token may be used"}, **error_responses(400, 413, 422)},
+    responses={
+        200: {"description": "The token may be used"},
+        **error_responses(400, 413, 422, 429),
+    },
 )
 async def verify_password_reset(
-    body: PasswordResetVerifyRequest, runtime: RuntimeDep
+    body: PasswordResetVerifyRequest, request: Request, runtime: RuntimeDep
 ) -> PasswordResetVerifyResponse:
+    await spend_token_attempt(runtime, request)
     row, _ = await runtime.recovery.check(body.token)
     return PasswordResetVerifyResponse(valid=True, expires_at=row.expires_at)

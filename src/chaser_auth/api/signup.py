@@ -8,6 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from chaser_auth.api.deps import RuntimeDep, client_key
 from chaser_auth.api.errors import error_responses
+from chaser_auth.api.reset import spend_token_attempt
 from chaser_auth.api.schemas import (
     AuthResponse,
     MessageResponse,
@@ -58,9 +59,12 @@ async def register(body: RegisterRequest, request: Request, runtime: RuntimeDep)
     response_model=AuthResponse,
     responses={
         200: {"description": "Email verified and session created"},
-        **error_responses(400, 413, 422),
+        **error_responses(400, 413, 422, 429),
     },
 )
-async def verify_email(body: VerifyEmailRequest, runtime: RuntimeDep) -> AuthResponse:
-    result = await runtime.registration.verify(body.token)
+async def verify_email(
+    body: VerifyEmailRequest, request: Request, runtime: RuntimeDep
+) -> AuthResponse:
+    client = await spend_token_attempt(runtime, request)
+    result = await runtime.registration.verify(body.token, client=client)
     return AuthResponse(email=result.email, token=result.token, user_id=str(result.user_id))

@@ -16,6 +16,7 @@ from chaser_auth.errors import (
     IncorrectPassword,
     InvalidAddress,
     InvalidCredentials,
+    NotAuthenticated,
     NotFound,
 )
 from chaser_auth.store.repositories import Store
@@ -69,49 +70,76 @@ class AccountService:
             await tx.audit.record("account_created", now, user_id=user.id)
         return user
 
-    async def login(self, email: str, password: str) -> AuthResult:
+    async def login(self, email: str, password: str, *, client: str | None = None) -> AuthResult:
         """Unknown address, inactive or unverified account and wrong password all cost one
-        argon2 verification and end in the same error (no enumeration by body or timing)."""
+        argon2 verification and end in the same error (no enumeration by body or timing).
+
+        The hash is verified outside any transaction (it takes tens to hundreds of ms); the
+        session is then opened only if the account, locked, still has the credential version
+        that was verified — a reset, password change or disable that committed meanwhile makes
+        this login fail instead of opening a session on the old password."""
         key = address_key(email)
         async with self.store.tx() as tx:
             user = await tx.users.by_key(key) if key else None
         stored = user.password_hash if user is not None else None
         ok = await self.hasher.verify(stored, password)
-        if (
-            not ok
-            or user is None
-            or stored is None
-            or not user.is_active
-            or not user.email_verified
-        ):
+        if not ok or user is None or stored is None or not self._may_log_in(user):
             raise InvalidCredentials()
         # Cost settings changed since this hash was made: upgrade it transparently.
         rehashed = await self.hasher.hash(password) if self.hasher.needs_rehash(stored) else None
         now: datetime = self.clock()
         async with self.store.tx() as tx:
+            current = await tx.users.lock(user.id)
+            if (
+                current is None
+                or current.credential_version != user.credential_version
+                or not self._may_log_in(current)
+            ):
+                raise InvalidCredentials()
             if rehashed is not None:
                 await tx.users.replace_hash(user.id, rehashed)
-            result = await self.sessions.open(tx, user, now)
-            await tx.audit.record("login_succeeded", now, user_id=user.id)
+            result = await self.sessions.open(tx, current, now, version=current.credential_version)
+            await tx.audit.record("login_succeeded", now, user_id=user.id, client=client)
         return result
 
-    async def change_password(self, user: User, current: str, new: str) -> AuthResult:
-        """Current password required; then a new session, every other one revoked, outstanding
-        reset links dead, and the changed-password notice queued — as after a reset."""
+    @staticmethod
+    def _may_log_in(user: User) -> bool:
+        return user.is_active and user.email_verified
+
+    async def change_password(
+        self, user: User, current: str, new: str, *, client: str | None = None
+    ) -> AuthResult:
+        """Current password required; then a new session, every other one revoked, and the
+        changed-password notice queued — as after a reset. Outstanding reset links stay
+        usable: the mailbox outranks the password.
+
+        `user` is the account as the caller's session saw it. The new password is written only
+        if the account still has that credential version (compare-and-set): a reset or another
+        change that committed while this one hashed wins, and this one ends NotAuthenticated —
+        the session it came with was ended by that change."""
         if not await self.hasher.verify(user.password_hash, current):
             raise IncorrectPassword()
         self.policy.check(new, user.email)
         password_hash = await self.hasher.hash(new)
         now = self.clock()
         async with self.store.tx() as tx:
-            await tx.users.set_password(user.id, password_hash, now)
-            await tx.reset_tokens.revoke_all(user.id, now)
+            version = await tx.users.set_password(
+                user.id, password_hash, now, expected_version=user.credential_version
+            )
+            if version is None:
+                raise NotAuthenticated()
+            # Reset links stay: whoever knows the password (perhaps a thief) must not be able
+            # to cancel the mailbox owner's way back in; a reset overrides this change.
             await tx.verify_tokens.revoke_all(user.id, now)
             revoked = await tx.sessions.revoke_all(user.id, now)
-            result = await self.sessions.open(tx, user, now)
+            result = await self.sessions.open(tx, user, now, version=version)
             await tx.outbox.enqueue(PASSWORD_CHANGED, now, user_id=user.id)
             await tx.audit.record(
-                "password_changed", now, user_id=user.id, detail={"sessions_revoked": revoked}
+                "password_changed",
+                now,
+                user_id=user.id,
+                detail={"sessions_revoked": revoked},
+                client=client,
             )
         return result
 

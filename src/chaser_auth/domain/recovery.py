@@ -337,36 +337,46 @@ class RecoveryService:
             raise InvalidToken()
         return row, user
 
-    async def confirm(self, token: str, password: str) -> AuthResult:
+    async def confirm(self, token: str, password: str, *, client: str | None = None) -> AuthResult:
+        """Use the token: the new password is set, whatever credential the account had — a
+        reset is how an owner takes the account back, so it overrides any change in flight
+        (`AccountService.change_password` yields to it) — every session ends, and this one
+        starts on the new credential version."""
         try:
             row, user = await self.check(token)
         except InvalidToken:
             async with self.store.tx() as tx:  # the audit trail sees link guessing
-                await tx.audit.record("reset_confirm_failed", self.clock())
+                await tx.audit.record("reset_confirm_failed", self.clock(), client=client)
             raise
-        # Policy before consuming: a refused password leaves the link usable (SPEC §2.2).
+        # Policy before consuming: a refused password leaves the link usable (README, "HTTP API").
         self.policy.check(password, user.email)
         password_hash = await self.hasher.hash(password)
         now = self.clock()
         result: AuthResult | None = None
         async with self.store.tx() as tx:
+            # The account first, then its tokens, in the order every credential change takes
+            # them (`AccountService.change_password`), so two cannot deadlock on PostgreSQL.
+            current = await tx.users.lock(user.id)
             # The single UPDATE is the arbiter: of two concurrent confirms, one changes the row.
             consumed = await tx.reset_tokens.consume(row.id, now)
-            if consumed and may_receive_reset(await tx.users.get(user.id)):
-                await tx.users.set_password(user.id, password_hash, now)
+            version = None
+            if consumed and may_receive_reset(current):
+                version = await tx.users.set_password(user.id, password_hash, now)
+            if version is not None:
                 await tx.reset_tokens.revoke_all(user.id, now)
                 await tx.verify_tokens.revoke_all(user.id, now)
                 revoked = await tx.sessions.revoke_all(user.id, now)
-                result = await self.sessions.open(tx, user, now)
+                result = await self.sessions.open(tx, user, now, version=version)
                 await tx.outbox.enqueue(PASSWORD_CHANGED, now, user_id=user.id)
                 await tx.audit.record(
                     "password_reset_completed",
                     now,
                     user_id=user.id,
                     detail={"sessions_revoked": revoked},
+                    client=client,
                 )
             else:
-                await tx.audit.record("reset_confirm_failed", now, user_id=user.id)
+                await tx.audit.record("reset_confirm_failed", now, user_id=user.id, client=client)
         if result is None:
             raise InvalidToken()
         metrics.TOKENS.labels(RESET_PURPOSE, "consumed").inc()

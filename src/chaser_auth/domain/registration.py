@@ -4,9 +4,11 @@ Request path (`register`): the same rule as a reset request — nothing before t
 on whether the address has an account. The body is checked (an address, a password the policy
 accepts: both depend only on what was sent), the password is hashed (always, so the cost is the
 same), and one outbox row is written. The worker (`prepare`) decides: a new address gets an
-account, unverified, and a verification link; an address that already has an account gets a
-"you already have an account — reset your password" email instead, and the new password is
-thrown away. Either way the mail goes to the address, so only its owner learns which happened.
+account, unverified, and a verification link; an address whose account is not verified yet
+gets the same, the newest sign-up's password replacing the pending one and the earlier links
+dying; an address with a verified account gets a "you already have an account — reset your
+password" email instead, and the new password is thrown away. Either way the mail goes to the
+address, so only its owner learns which happened.
 
 Verification tokens follow the reset tokens' rules (`tokens`): derived from the outbox row,
 only a digest stored, single use, `VERIFY_TOKEN_TTL`; a newer one revokes the older.
@@ -83,24 +85,36 @@ class RegistrationService:
         if not (await limit.allow_many([tokens.keyed_hash(self.secret, key)]))[0]:
             return Skip("suppressed")
         async with self.store.tx() as tx:
-            user = await tx.users.by_key(key)
+            found = await tx.users.by_key(key)
+            user = await tx.users.lock(found.id) if found is not None else None
             if user is None:
                 user = new_user(raw, key, password_hash, now, verified=False)
                 await tx.users.add(user)
-                await tx.audit.record("account_registered", now, user_id=user.id)
-                [token] = await mint_links(
-                    tx,
-                    tx.verify_tokens,
-                    [(user.id, job.id)],
-                    now,
-                    secret=self.secret,
-                    purpose=VERIFY_PURPOSE,
-                    ttl=self.ttl,
-                )
-                return self._verify_letter(user, token)
-            await tx.outbox.resolve_many([(job.id, user.id)])  # forgets the address, the new hash
-            await tx.audit.record("register_existing", now, user_id=user.id)
-        return self._exists_letter(user) if user.is_active else Skip("account_disabled")
+                event = "account_registered"
+            elif user.is_active and not user.email_verified:
+                # Signed up again before anyone verified: the newest sign-up's password
+                # replaces the pending one, and the links of the earlier sign-ups die with it
+                # (`mint_links`). Pre-registration ("pre-hijacking", Sudhodanan & Paverd 2022)
+                # thus gains nothing: a password chosen by someone who signed the address up
+                # earlier never becomes usable once the mailbox owner signs up and follows the
+                # newest link, and the address is still only verified from that mailbox.
+                await tx.users.replace_pending(user.id, password_hash, now)
+                event = "account_registered_again"
+            else:
+                await tx.outbox.resolve_many([(job.id, user.id)])  # forgets the address, hash
+                await tx.audit.record("register_existing", now, user_id=user.id)
+                return self._exists_letter(user) if user.is_active else Skip("account_disabled")
+            await tx.audit.record(event, now, user_id=user.id)
+            [token] = await mint_links(
+                tx,
+                tx.verify_tokens,
+                [(user.id, job.id)],
+                now,
+                secret=self.secret,
+                purpose=VERIFY_PURPOSE,
+                ttl=self.ttl,
+            )
+        return self._verify_letter(user, token)
 
     async def _resend(self, job: Job, now: datetime) -> Letter | Skip:
         async with self.store.tx() as tx:
@@ -135,23 +149,26 @@ class RegistrationService:
     def _usable(row: VerifyToken, now: datetime) -> bool:
         return row.used_at is None and row.revoked_at is None and now <= row.expires_at
 
-    async def verify(self, token: str) -> AuthResult:
+    async def verify(self, token: str, *, client: str | None = None) -> AuthResult:
         """Use the token: the address is verified and a session starts. InvalidToken otherwise."""
         try:
-            result = await self._verify(token)
+            result = await self._verify(token, client)
         except InvalidToken as exc:
             metrics.TOKENS.labels(VERIFY_PURPOSE, exc.reason).inc()
             raise
         metrics.TOKENS.labels(VERIFY_PURPOSE, "consumed").inc()
         return result
 
-    async def _verify(self, token: str) -> AuthResult:
+    async def _verify(self, token: str, client: str | None) -> AuthResult:
         if not tokens.is_well_formed(token):
             raise InvalidToken()
         now = self.clock()
         async with self.store.tx() as tx:
             row = await tx.verify_tokens.by_digest(tokens.digest(self.secret, token))
-            user = await tx.users.get(row.user_id) if row is not None else None
+            # Locked: a sign-up of the same address in flight (which replaces the pending
+            # password and revokes this link) either went first — and the consume below fails —
+            # or waits for this verification and then finds the account verified.
+            user = await tx.users.lock(row.user_id) if row is not None else None
             # The single UPDATE decides between concurrent uses, as for reset tokens.
             if row is None or user is None or not user.is_active:
                 raise InvalidToken()
@@ -160,6 +177,6 @@ class RegistrationService:
                 raise InvalidToken(reason="expired" if expired else "invalid")
             await tx.users.mark_verified(user.id)
             await tx.verify_tokens.revoke_all(user.id, now)
-            result = await self.sessions.open(tx, user, now)
-            await tx.audit.record("email_verified", now, user_id=user.id)
+            result = await self.sessions.open(tx, user, now, version=user.credential_version)
+            await tx.audit.record("email_verified", now, user_id=user.id, client=client)
         return result

@@ -1,7 +1,15 @@
 """Sessions: opaque bearer tokens (256 bits, only their digest stored) with an idle timeout and
 an absolute lifetime (OWASP Session Management Cheat Sheet, "Session Expiration").
 
-Revocation is a column checked on every request, so it takes effect on the very next one."""
+Revocation is a column checked on every request, so it takes effect on the very next one. So is
+the credential a session was opened on: each session carries the account's credential version of
+the moment its login (or reset, change, verification) checked the credential, and is accepted only
+while the account still has that version. A password reset, change, disable or enable moves the
+version on, so a session whose login verified the old password while the change was being made —
+and that was stored after the change revoked every session — is refused all the same
+(OWASP Session Management Cheat Sheet, "Renew the Session ID After Any Privilege Level Change";
+OWASP ASVS 3.3.3 / 3.3.4).
+"""
 
 from __future__ import annotations
 
@@ -43,8 +51,10 @@ class SessionService:
         self.idle = timedelta(seconds=idle_ttl)
         self.max = timedelta(seconds=max_ttl)
 
-    async def open(self, tx: Tx, user: User, now: datetime) -> AuthResult:
-        """Start a session inside the caller's transaction (so it exists iff the change does)."""
+    async def open(self, tx: Tx, user: User, now: datetime, *, version: int) -> AuthResult:
+        """Start a session inside the caller's transaction (so it exists iff the change does),
+        on credential `version`: the account's version as the caller's transaction read or
+        wrote it, with the row locked (`Users.lock`, `Users.set_password`)."""
         token = tokens.new_token()
         await tx.sessions.add(
             Session(
@@ -54,6 +64,7 @@ class SessionService:
                 created_at=now,
                 last_seen_at=now,
                 expires_at=now + self.max,
+                credential_version=version,
             )
         )
         return AuthResult(user_id=user.id, email=user.email, token=token)
@@ -67,11 +78,16 @@ class SessionService:
             if session is None or not self._alive(session, now):
                 raise NotAuthenticated()
             user = await tx.users.get(session.user_id)
-            if user is None or not user.is_active:
+            if user is None or not self._current(session, user):
                 raise NotAuthenticated()
             if now - session.last_seen_at >= TOUCH_INTERVAL:
                 await tx.sessions.touch(session.id, now)
         return Authenticated(session=session, user=user)
+
+    @staticmethod
+    def _current(session: Session, user: User) -> bool:
+        """The account may still act, on the credential this session was opened on."""
+        return user.is_active and session.credential_version == user.credential_version
 
     def _alive(self, session: Session, now: datetime) -> bool:
         return (
@@ -84,22 +100,27 @@ class SessionService:
         async with self.store.tx() as tx:
             await tx.sessions.revoke(session_id, self.clock())
 
-    async def live(self, user_id: uuid.UUID) -> list[Session]:
+    async def live(self, user: User) -> list[Session]:
         """The account's sessions that would still be accepted, most recently used first."""
         now = self.clock()
         async with self.store.tx() as tx:
-            rows = await tx.sessions.open_for(user_id, now)
+            rows = await tx.sessions.open_for(user, now)
         return [row for row in rows if self._alive(row, now)]
 
-    async def end(self, user_id: uuid.UUID, session_id: uuid.UUID) -> None:
+    async def end(self, user: User, session_id: uuid.UUID, *, client: str | None = None) -> None:
         """End one of the account's own sessions; another account's, or an ended one, is
         NotFound — the same answer as an id that never existed."""
         now = self.clock()
         async with self.store.tx() as tx:
             row = await tx.sessions.get(session_id)
-            live = row is not None and row.user_id == user_id and self._alive(row, now)
+            live = (
+                row is not None
+                and row.user_id == user.id
+                and self._current(row, user)
+                and self._alive(row, now)
+            )
             if live and await tx.sessions.revoke(session_id, now):
-                await tx.audit.record("session_ended", now, user_id=user_id)
+                await tx.audit.record("session_ended", now, user_id=user.id, client=client)
             else:
                 live = False
         if not live:

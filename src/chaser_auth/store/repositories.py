@@ -134,18 +134,60 @@ class Users:
         self.db.add(user)
         await self.db.flush()
 
-    async def set_password(self, user_id: uuid.UUID, password_hash: str, now: datetime) -> None:
-        await self.db.execute(
-            update(User)
+    async def lock(self, user_id: uuid.UUID) -> User | None:
+        """The account as committed now, its row locked until this transaction ends
+        (`FOR UPDATE` on PostgreSQL; SQLite's one writer already excludes the rest): what the
+        caller decides from it cannot be overtaken by another credential change."""
+        return await self.db.scalar(
+            select(User)
             .where(User.id == user_id)
-            .values(password_hash=password_hash, password_changed_at=now, email_verified=True)
+            .with_for_update()
+            .execution_options(populate_existing=True)
         )
+
+    async def set_password(
+        self,
+        user_id: uuid.UUID,
+        password_hash: str,
+        now: datetime,
+        *,
+        expected_version: int | None = None,
+    ) -> int | None:
+        """Write a new password and move the credential version on; the new version. With
+        `expected_version`, only if the account still has that version (compare-and-set: a
+        change that verified an older credential cannot overwrite a newer one) — else None."""
+        condition = [User.id == user_id]
+        if expected_version is not None:
+            condition.append(User.credential_version == expected_version)
+        return await self._bump(
+            condition,
+            password_hash=password_hash,
+            password_changed_at=now,
+            email_verified=True,
+        )
+
+    async def set_active(self, user_id: uuid.UUID, active: bool) -> None:
+        """Enable or disable; either way the credential version moves on, so a session opened
+        by a login that was in flight meanwhile is refused."""
+        await self._bump([User.id == user_id], is_active=active)
+
+    async def replace_pending(self, user_id: uuid.UUID, password_hash: str, now: datetime) -> None:
+        """A new sign-up of an account not yet verified: its password and creation time are
+        the newest sign-up's."""
+        await self._bump([User.id == user_id], password_hash=password_hash, created_at=now)
+
+    async def _bump(self, condition: list[Any], **values: Any) -> int | None:
+        result = await self.db.execute(
+            update(User)
+            .where(*condition)
+            .values(credential_version=User.credential_version + 1, **values)
+            .returning(User.credential_version)
+        )
+        version: int | None = result.scalar_one_or_none()
+        return version
 
     async def mark_verified(self, user_id: uuid.UUID) -> None:
         await self.db.execute(update(User).where(User.id == user_id).values(email_verified=True))
-
-    async def set_active(self, user_id: uuid.UUID, active: bool) -> None:
-        await self.db.execute(update(User).where(User.id == user_id).values(is_active=active))
 
     async def delete(self, user_id: uuid.UUID) -> None:
         await self.db.execute(delete(User).where(User.id == user_id))
@@ -187,13 +229,14 @@ class Sessions:
         )
         return _rowcount(result) == 1
 
-    async def open_for(self, user_id: uuid.UUID, now: datetime) -> Sequence[Session]:
-        """Sessions not revoked and within their absolute lifetime (idle ones are filtered by
-        the domain, which knows the idle timeout)."""
+    async def open_for(self, user: User, now: datetime) -> Sequence[Session]:
+        """Sessions not revoked, on the account's current credential and within their absolute
+        lifetime (idle ones are filtered by the domain, which knows the idle timeout)."""
         query = (
             select(Session)
             .where(
-                Session.user_id == user_id,
+                Session.user_id == user.id,
+                Session.credential_version == user.credential_version,
                 Session.revoked_at.is_(None),
                 Session.expires_at >= now,
             )
@@ -482,9 +525,12 @@ class Audit:
         user_id: uuid.UUID | None = None,
         subject: str | None = None,
         detail: dict[str, Any] | None = None,
+        client: str | None = None,
     ) -> None:
         self.db.add(
-            AuditEvent(at=now, event=event, user_id=user_id, subject=subject, detail=detail)
+            AuditEvent(
+                at=now, event=event, user_id=user_id, subject=subject, detail=detail, client=client
+            )
         )
 
     async def record_many(self, events: Sequence[dict[str, Any]]) -> None:

@@ -48,6 +48,9 @@ class User(Base):
     email_verified: Mapped[bool]
     created_at: Mapped[datetime]
     password_changed_at: Mapped[datetime | None]
+    # Goes up with every change of what proves who someone is (password set, reset or
+    # changed; disabled; enabled): a session is accepted only while it carries this value.
+    credential_version: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
 
 
 class Session(Base):
@@ -62,6 +65,7 @@ class Session(Base):
     last_seen_at: Mapped[datetime]
     expires_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
+    credential_version: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
 
 
 class LinkToken:
@@ -136,3 +140,4 @@ class AuditEvent(Base):
     user_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
     subject: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[dict[str, Any] | None]
+    client: Mapped[str | None] = mapped_column(String(64))  # as the per-client limits count it
