@@ -157,7 +157,7 @@ def load_secret_key(settings: Settings) -> bytes:
         return settings.secret_key.get_secret_value().encode()
     path = settings.secret_key_file
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".secret_key.")  # mode 600
         try:
             with os.fdopen(fd, "wb") as handle:

@@ -192,7 +192,9 @@ class FileTransport:
         log.info("mail written to %s", target)
 
     def _write(self, data: bytes, target: Path) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        # Each file holds a live reset or verification link: the folder is made 0700 and the
+        # file 0600 (mkstemp's mode, which `replace` keeps), whatever the umask.
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -9,7 +9,9 @@ PostgreSQL: asyncpg, READ COMMITTED; single-use updates rely on row locks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -34,10 +36,23 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def create_private_file(path: Path) -> None:
+    """Create the SQLite file (and its folder) readable by its owner only, if it is not there.
+
+    The file holds addresses and password hashes, and SQLite gives its `-wal` and `-shm` the
+    main file's mode; left to SQLite, all three would follow the umask (0644 under the usual
+    0022) beside a secret key file of mode 600. Only our own file and folder are narrowed:
+    the process umask is left alone, and an existing file keeps the mode its operator chose
+    (`chaser-auth doctor` reports a loose one)."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     path = sqlite_path(url)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        create_private_file(path)
     # hide_parameters: SQLAlchemy's own SQL logging and its exception messages never carry
     # bound values (an IntegrityError would otherwise quote the address).
     if not url.startswith("sqlite"):
