@@ -16,7 +16,16 @@ from tests.conftest import REDIS, Smtp, answers, free_port, require
 from tests.test_cli import base_env, cli
 
 LINE = re.compile(r"(ok|warn|FAIL) +([A-Z_]+) +(\S.*)")
-TOPICS = {"PUBLIC_URL", "APP_URL", "SECRET_KEY", "MAIL_FROM", "DATABASE", "SMTP_URL", "REDIS_URL"}
+TOPICS = {
+    "PUBLIC_URL",
+    "APP_URL",
+    "SECRET_KEY",
+    "FILES",
+    "MAIL_FROM",
+    "DATABASE",
+    "SMTP_URL",
+    "REDIS_URL",
+}
 SUMMARY_FAIL = "fix the FAIL lines above"
 SUMMARY_OK = "nothing blocks serving"
 # A key that passes the settings' own length check (MIN_SECRET_LENGTH is 32).
@@ -81,6 +90,7 @@ def test_fresh_directory_fails_on_the_unmigrated_database_and_changes_nothing(
     assert "localhost" in report.text("MAIL_FROM")
     assert report.level("SECRET_KEY") == "warn"
     assert "var/secret_key" in report.text("SECRET_KEY")
+    assert report.level("FILES") == "ok"
 
     # Nothing it should not have created: no secret key, no mail directory.
     var = tmp_path / "var"
@@ -209,7 +219,7 @@ def test_secret_file_readable_by_others_fails_and_says_chmod(tmp_path: Path) -> 
     report = doctor(tmp_path)
 
     assert report.level("SECRET_KEY") == "FAIL", report.done.stdout
-    assert "chmod" in report.text("SECRET_KEY")
+    assert "chmod 600 var/secret_key" in report.text("SECRET_KEY")
     assert GOOD_KEY not in report.done.stdout
     assert report.done.returncode == 1
     # Left as it was: doctor reports, it does not fix.
@@ -235,6 +245,70 @@ def test_secret_file_private_and_long_enough_is_ok(tmp_path: Path) -> None:
 
     assert report.level("SECRET_KEY") == "ok", report.done.stdout
     assert GOOD_KEY not in report.done.stdout
+
+
+# -- files on disk ------------------------------------------------------------------------------
+
+
+def made(path: Path, mode: int, *, folder: bool = False) -> None:
+    """A file or folder with exactly `mode`, whatever the umask of the test run."""
+    if folder:
+        path.mkdir(parents=True)
+    else:
+        path.touch()
+    path.chmod(mode)
+
+
+def test_loose_database_and_mail_files_warn_with_the_chmod_that_closes_them(
+    tmp_path: Path,
+) -> None:
+    migrated = cli("migrate", cwd=tmp_path, env=base_env())
+    assert migrated.returncode == 0, migrated.stderr
+    var = tmp_path / "var"
+    database = var / "chaser-auth.db"
+    assert database.stat().st_mode & 0o777 == 0o600  # made private; opened up by hand below
+    database.chmod(0o644)
+    wal = var / "chaser-auth.db-wal"  # left behind by a crash, as SQLite made it: 0644 then
+    made(wal, 0o644)
+    mail = var / "mail"
+    made(mail, 0o755, folder=True)
+    made(mail / "private.eml", 0o600)
+    made(mail / "loose.eml", 0o640)
+
+    report = doctor(tmp_path)
+
+    assert report.level("FILES") == "warn", report.done.stdout
+    assert report.done.returncode == 0  # it works; production should not run this way
+    text = report.text("FILES")
+    for path in ("var/chaser-auth.db", "var/chaser-auth.db-wal", "var/mail", "var/mail/*.eml"):
+        assert path in text, (path, text)
+    assert "chaser-auth.db-shm" not in text  # not there: not named
+    _, run, command = text.partition(": run ")
+    assert run, text
+    assert (
+        command
+        == "chmod 600 var/chaser-auth.db var/chaser-auth.db-wal var/mail/*.eml; chmod 700 var/mail"
+    )
+    # Doctor changed nothing ...
+    assert database.stat().st_mode & 0o777 == 0o644
+    assert mail.stat().st_mode & 0o777 == 0o755
+    # ... and the command it gave closes every one of them.
+    subprocess.run(["/bin/sh", "-c", command], cwd=tmp_path, check=True)  # noqa: S603
+    assert doctor(tmp_path).level("FILES") == "ok"
+
+
+def test_a_group_readable_mail_file_alone_warns(tmp_path: Path) -> None:
+    mail = tmp_path / "var" / "mail"
+    made(mail, 0o700, folder=True)
+    made(mail / "a.eml", 0o640)
+
+    report = doctor(tmp_path)
+
+    assert report.findings["FILES"] == (
+        "warn",
+        "var/mail/*.eml open to group or others (addresses, password hashes, live links): "
+        "run chmod 600 var/mail/*.eml",
+    )
 
 
 # -- PostgreSQL ---------------------------------------------------------------------------------

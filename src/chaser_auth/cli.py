@@ -138,7 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "doctor",
         help="check the configuration and the services it names",
-        description="Check the configuration (PUBLIC_URL on https, the secret key, MAIL_FROM), "
+        description="Check the configuration (PUBLIC_URL on https, the secret key, files "
+        "private to their owner, MAIL_FROM), "
         "the database (reachable, migrated), SMTP (a NOOP) and Redis (a PING), and say what to "
         "fix. Changes nothing. Exit 1 if anything fails.",
     )

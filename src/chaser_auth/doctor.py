@@ -8,8 +8,10 @@ secret key file is created.
 from __future__ import annotations
 
 import ipaddress
+import shlex
 from dataclasses import dataclass
 from email.utils import parseaddr
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import redis.asyncio
@@ -20,10 +22,12 @@ from sqlalchemy.exc import SQLAlchemyError
 from chaser_auth.config import MIN_SECRET_LENGTH, Settings
 from chaser_auth.mail.transport import DeliveryError, SmtpTransport
 from chaser_auth.store import migrate
-from chaser_auth.store.engine import create_engine
+from chaser_auth.store.engine import create_engine, sqlite_path
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 _LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1"}
+_NOT_OWNERS = 0o077  # any permission for the group or others
+_SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 @dataclass(frozen=True)
@@ -77,11 +81,47 @@ def check_secret(settings: Settings) -> Finding:
     problems = []
     if len(path.read_bytes().strip()) < MIN_SECRET_LENGTH:
         problems.append(f"holds fewer than {MIN_SECRET_LENGTH} characters")
-    if path.stat().st_mode & 0o077:
-        problems.append("is readable by others: chmod 600 it")
+    if path.stat().st_mode & _NOT_OWNERS:
+        problems.append(f"is open to group or others: chmod 600 {shlex.quote(str(path))}")
     if problems:
         return Finding(FAIL, "SECRET_KEY", f"{path} " + "; ".join(problems))
     return Finding(OK, "SECRET_KEY", f"read from {path}")
+
+
+def _open_to_others(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & _NOT_OWNERS)
+    except FileNotFoundError:
+        return False
+
+
+def check_files(settings: Settings) -> Finding:
+    """The files that hold accounts and live links: the SQLite file with its journals, the
+    mail folder and its `.eml` files. New ones are created private; older ones (made before
+    that, or by hand) keep their mode, so say which are open and the chmod that closes them.
+    The secret key file is `check_secret`'s (a FAIL: anyone who reads it can mint links)."""
+    files: list[str] = []
+    folders: list[str] = []
+    database = sqlite_path(settings.database_url)
+    if database is not None:
+        for path in (database, *(Path(f"{database}{end}") for end in _SQLITE_SIDE_FILES)):
+            if _open_to_others(path):
+                files.append(shlex.quote(str(path)))
+    mail = settings.mail_dir
+    if _open_to_others(mail):
+        folders.append(shlex.quote(str(mail)))
+    if mail.is_dir() and any(_open_to_others(eml) for eml in mail.glob("*.eml")):
+        files.append(f"{shlex.quote(str(mail))}/*.eml")
+    if not files and not folders:
+        return Finding(OK, "FILES", "the database and mail on disk are private to their owner")
+    commands = [f"chmod 600 {' '.join(files)}"] if files else []
+    commands += [f"chmod 700 {' '.join(folders)}"] if folders else []
+    return Finding(
+        WARN,
+        "FILES",
+        f"{', '.join(files + folders)} open to group or others (addresses, password hashes, "
+        f"live links): run {'; '.join(commands)}",
+    )
 
 
 def check_mail_from(settings: Settings) -> Finding:
@@ -156,6 +196,7 @@ async def examine(settings: Settings) -> list[Finding]:
     return [
         *check_urls(settings),
         check_secret(settings),
+        check_files(settings),
         check_mail_from(settings),
         await check_database(settings),
         await check_smtp(settings),
