@@ -638,6 +638,23 @@ def test_a_short_secret_key_is_refused(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
 
 
+def test_a_predictable_secret_key_is_refused_at_start(tmp_path: Path) -> None:
+    env = {**tmp_env(tmp_path), "CHASER_AUTH_SECRET_KEY": "a" * 32}
+    done = cli("outbox", "list", cwd=tmp_path, env=env)
+    assert done.returncode == 2
+    [line] = done.stderr.splitlines()
+    assert line.startswith("chaser-auth: configuration: CHASER_AUTH_SECRET_KEY: "), line
+    assert "too predictable" in line
+    assert "a" * 32 not in line
+    assert not (tmp_path / "state").exists()
+
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "secret_key").write_text("abcd" * 10 + "\n")
+    done = cli("outbox", "list", cwd=tmp_path, env=tmp_env(tmp_path))
+    assert done.returncode == 2
+    assert "secret key is too predictable" in done.stderr
+
+
 def test_serve_with_two_processes_on_one_sqlite_file_sends_each_mail_once(
     tmp_path: Path, smtp: Smtp
 ) -> None:

@@ -28,8 +28,8 @@ TOPICS = {
 }
 SUMMARY_FAIL = "fix the FAIL lines above"
 SUMMARY_OK = "nothing blocks serving"
-# A key that passes the settings' own length check (MIN_SECRET_LENGTH is 32).
-GOOD_KEY = "k" * 48
+# A key that passes the settings' own checks: 32+ characters, not predictable.
+GOOD_KEY = "b3Jx-9TqLm_2VwZc7KpYs4NdHf8RgA1eUo6iE0tX5jQ"
 
 
 @dataclass
@@ -236,6 +236,16 @@ def test_secret_file_too_short_fails(tmp_path: Path) -> None:
     assert "fewer than 32" in report.text("SECRET_KEY")
     assert report.done.returncode == 1
     assert path.read_text() == "short\n"
+
+
+def test_secret_file_long_but_predictable_fails(tmp_path: Path) -> None:
+    _key_file(tmp_path, "k" * 48 + "\n", 0o600)
+
+    report = doctor(tmp_path)
+
+    assert report.level("SECRET_KEY") == "FAIL", report.done.stdout
+    assert "too predictable" in report.text("SECRET_KEY")
+    assert "k" * 48 not in report.done.stdout
 
 
 def test_secret_file_private_and_long_enough_is_ok(tmp_path: Path) -> None:

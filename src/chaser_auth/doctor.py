@@ -19,7 +19,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
-from chaser_auth.config import MIN_SECRET_LENGTH, Settings
+from chaser_auth.config import MIN_SECRET_BITS, MIN_SECRET_LENGTH, Settings, estimated_bits
 from chaser_auth.mail.transport import DeliveryError, SmtpTransport
 from chaser_auth.store import migrate
 from chaser_auth.store.engine import create_engine, sqlite_path
@@ -79,8 +79,11 @@ def check_secret(settings: Settings) -> Finding:
             "the same key, so set CHASER_AUTH_SECRET_KEY when running more than one",
         )
     problems = []
-    if len(path.read_bytes().strip()) < MIN_SECRET_LENGTH:
+    key = path.read_bytes().strip()
+    if len(key) < MIN_SECRET_LENGTH:
         problems.append(f"holds fewer than {MIN_SECRET_LENGTH} characters")
+    elif estimated_bits(key.decode("latin-1")) < MIN_SECRET_BITS:
+        problems.append(f"is too predictable (under {MIN_SECRET_BITS} bits estimated)")
     if path.stat().st_mode & _NOT_OWNERS:
         problems.append(f"is open to group or others: chmod 600 {shlex.quote(str(path))}")
     if problems:
