@@ -287,6 +287,28 @@ async def test_forwarded_for_counts_only_behind_a_trusted_proxy(
         assert await statuses(app, forged_first) == [200, 200, 429]
 
 
+async def test_forwarded_for_hops_with_a_port_count_as_their_address(
+    tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
+) -> None:
+    """Some proxies write a hop as `ip:port` or `[v6]:port` (RFC 7239 §6 node forms): a new
+    source port per connection must not make a new client."""
+    async with serve(
+        two_per_minute(tmp_path, smtp, backend_settings, trusted="127.0.0.1"), clock, smtp
+    ) as app:
+        assert await statuses(app, ["1.2.3.4:1111", "1.2.3.4:2222", "1.2.3.4:3333"]) == [
+            200,
+            200,
+            429,
+        ]
+        assert await statuses(app, ["1.2.3.4"]) == [429]  # the very same budget
+        v6 = ["[2001:db8::1]:443", "[2001:db8::2]", "2001:db8::3"]  # one /64, three spellings
+        assert await statuses(app, v6) == [200, 200, 429]
+        # A trusted proxy's own hop with a port is still recognised as the proxy's, and the
+        # client before it is the one counted.
+        via_proxy = [f"198.51.100.9, 127.0.0.1:{port}" for port in (8001, 8002, 8003)]
+        assert await statuses(app, via_proxy) == [200, 200, 429]
+
+
 async def test_untrusted_forwarded_for_cannot_dodge_the_limit(
     tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> None:

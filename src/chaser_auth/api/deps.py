@@ -55,11 +55,27 @@ def scope_client_address(scope: Scope) -> str:
     if not proxies or not _within(peer, proxies):
         return peer
     forwarded = b",".join(v for k, v in scope["headers"] if k == b"x-forwarded-for")
-    hops = [h.strip() for h in forwarded.decode("latin-1").split(",") if h.strip()]
+    hops = [_hop_address(h.strip()) for h in forwarded.decode("latin-1").split(",") if h.strip()]
     for hop in reversed(hops):
         if not _within(hop, proxies):
             return hop
     return peer
+
+
+def _hop_address(hop: str) -> str:
+    """A hop's address without the port some proxies add: "192.0.2.1:5678", "[2001:db8::1]:443"
+    and "[2001:db8::1]" (the node forms of RFC 7239 §6) are their address, so a client's
+    every connection counts as one client; a bare IPv6 address ("2001:db8::1", colons and
+    no brackets) stays as it is. Plain string work: this runs on every request."""
+    if hop.startswith("["):
+        address, bracket, port = hop[1:].partition("]")
+        if bracket and (not port or (port[0] == ":" and port[1:].isdigit())):
+            return address
+        return hop
+    address, colon, port = hop.partition(":")
+    if colon and port.isdigit() and "." in address:  # one colon, after an IPv4 address
+        return address
+    return hop
 
 
 _V4_MAPPED = bytes(10) + b"\xff\xff"
