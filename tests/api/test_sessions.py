@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from chaser_auth.domain.passwords import PasswordHasher
 from tests.conftest import EVERY_BACKEND, PASSWORD, FakeClock, Served, Smtp, make_settings, serve
 
 BACKENDS = EVERY_BACKEND  # SQLite with process memory; PostgreSQL with Redis
@@ -74,6 +76,48 @@ async def test_every_login_failure_pays_for_one_argon2_verification(app: Served)
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "invalid_credentials"
         assert counts - before == {kind: 1}, email
+
+
+async def test_a_login_against_an_older_cheaper_hash_does_the_configured_work(
+    app: Served,
+) -> None:
+    """A hash made before the cost was raised is verified and then topped up to the configured
+    work (argon2 memory blocks filled), so such an account costs what an unknown address costs;
+    the right password still logs in and upgrades the hash, after which no top-up is needed."""
+    user_id = uuid.UUID(await app.create_user("early@example.com"))
+    settings = app.settings
+    older = PasswordHasher(
+        time_cost=settings.argon2_time_cost,
+        memory_cost=settings.argon2_memory_cost // 2,
+        parallelism=settings.argon2_parallelism,
+    )
+    async with app.runtime.store.tx() as tx:
+        await tx.users.replace_hash(user_id, await older.hash(PASSWORD))
+    hasher = app.runtime.hasher
+
+    async def attempt(email: str, password: str, status: int) -> tuple[Counter[str], int]:
+        kinds, blocks = hasher.verifications.copy(), hasher.blocks.copy()
+        response = await app.client.post("/auth/login", json={"email": email, "password": password})
+        assert response.status_code == status, response.text
+        return hasher.verifications - kinds, (hasher.blocks - blocks).total()
+
+    unknown_kinds, configured = await attempt("nobody@example.com", PASSWORD, 401)
+    assert unknown_kinds == {"dummy": 1}
+    wrong_kinds, wrong_blocks = await attempt("early@example.com", "wrong password entirely", 401)
+    assert wrong_kinds == {"stored": 1, "padding": 1}
+    assert wrong_blocks == configured
+
+    right_kinds, right_blocks = await attempt("early@example.com", PASSWORD, 200)
+    assert right_kinds == {"stored": 1, "padding": 1}
+    assert right_blocks == configured
+    async with app.runtime.store.tx() as tx:
+        upgraded = await tx.users.get(user_id)
+    assert upgraded is not None
+    assert not hasher.needs_rehash(upgraded.password_hash)  # rehashed at the configured cost
+
+    again_kinds, again_blocks = await attempt("early@example.com", PASSWORD, 200)
+    assert again_kinds == {"stored": 1}
+    assert again_blocks == configured
 
 
 async def test_logout_ends_the_session_on_the_next_request(app: Served) -> None:

@@ -191,3 +191,28 @@ async def test_rehash_is_needed_exactly_when_the_costs_changed() -> None:
     assert hasher(time_cost=2).needs_rehash(stored) is True
     assert hasher(memory_cost=2048).needs_rehash(stored) is True
     assert hasher(parallelism=2).needs_rehash(stored) is True
+
+
+async def test_a_cheaper_stored_hash_is_topped_up_to_the_configured_work() -> None:
+    """Work is argon2's memory blocks filled (time cost × memory cost); padding is rounded up
+    to argon2's memory step (4 × parallelism blocks), so it is never short."""
+    h = hasher(time_cost=2, memory_cost=1024, parallelism=2)
+    stored = await hasher(time_cost=1, memory_cost=100, parallelism=1).hash(PHRASE[:20])
+    assert await h.verify(stored, PHRASE[:20]) is True
+    assert h.verifications == {"stored": 1, "padding": 1}
+    assert h.blocks["stored"] == 100
+    assert 2 * 1024 <= h.blocks.total() < 2 * 1024 + 2 * 4 * 2
+
+
+async def test_a_stored_hash_at_or_above_the_configured_work_is_not_padded() -> None:
+    h = hasher(time_cost=1, memory_cost=1024)
+    for stored in (await h.hash(PHRASE[:20]), await hasher(time_cost=2).hash(PHRASE[:20])):
+        assert await h.verify(stored, "wrong password entirely") is False
+    assert h.verifications == {"stored": 2}
+
+
+async def test_a_stored_string_that_is_no_hash_still_costs_the_configured_work() -> None:
+    h = hasher(time_cost=1, memory_cost=1024)
+    assert await h.verify("not a hash", PHRASE[:20]) is False
+    assert h.verifications == {"stored": 1, "padding": 1}
+    assert h.blocks == {"padding": 1024}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import unicodedata
 from collections import Counter
@@ -107,7 +108,24 @@ class PasswordPolicy:
 
 
 class PasswordHasher:
-    """argon2id through argon2-cffi, run off the event loop (one hash is tens of ms of CPU)."""
+    """argon2id through argon2-cffi, run off the event loop (one hash is tens of ms of CPU).
+
+    Every verification does at least the configured work, so its time does not say what was
+    stored. argon2's work is its count of 1 KiB memory-block fills, time cost × memory cost
+    (RFC 9106 §3): an unknown address verifies a dummy hash at the configured parameters, and
+    a stored hash made with cheaper, older parameters is verified and then topped up with a
+    padding hash whose memory cost brings the two to the configured count (rounded up to
+    argon2's 4 × parallelism blocks). Without it, raising the cost would make every account
+    still on an old hash answer faster than an unknown address: a timing oracle for exactly
+    the accounts an attacker has not seen log in since.
+
+    What remains is not an oracle: the total work is the configured one; the time left over is
+    one more call, one more allocation of the padding's memory and a different parallelism,
+    a few percent of a verification against the differences between one login and the next
+    (it is one argon2 call's fixed cost, the same whatever the password). A stored hash
+    *costlier* than the configured parameters (the cost was lowered) is not padded down: such
+    an account answers slower until its next login rehashes it; lower the cost only knowing
+    that. A stored string that is not an argon2 hash at all is padded with the full dummy."""
 
     def __init__(self, time_cost: int, memory_cost: int, parallelism: int) -> None:
         self._hasher = argon2.PasswordHasher(
@@ -116,17 +134,21 @@ class PasswordHasher:
             parallelism=parallelism,
             type=argon2.Type.ID,
         )
+        self._work = time_cost * memory_cost
         # Verified when there is no account, so an unknown address costs the same as a known one.
-        self._dummy = self._unmatchable()
-        # How many verifications ran against a stored hash and against the dummy: the evidence
-        # (for tests and metrics) that every login failure paid for one argon2 verification.
+        self._dummy = self._unmatchable(memory_cost)
+        # What each verification was made against — "stored", "dummy" (no account), "padding"
+        # (the top-up after a cheaper stored hash) — and the memory blocks each kind filled:
+        # the evidence (for tests and metrics) that every login paid the configured work.
         self.verifications: Counter[str] = Counter()
+        self.blocks: Counter[str] = Counter()
 
-    def _unmatchable(self) -> str:
-        """An encoded argon2id hash with the configured cost and random salt and digest: verifying
-        it costs exactly what verifying a real one does, and no password matches it. Built
-        rather than computed, so start-up does not allocate `memory_cost` (64 MiB by default)
-        just to make it — that allocation stayed in the process's peak memory."""
+    def _unmatchable(self, memory_cost: int) -> str:
+        """An encoded argon2id hash with the configured time cost and parallelism, the given
+        memory cost, and random salt and digest: verifying it costs exactly what verifying a
+        real one with those parameters does, and no password matches it. Built rather than
+        computed, so start-up does not allocate `memory_cost` (64 MiB by default) just to
+        make it — that allocation stayed in the process's peak memory."""
         hasher = self._hasher
 
         def b64(data: bytes) -> str:
@@ -134,9 +156,25 @@ class PasswordHasher:
 
         return (
             f"$argon2id$v={argon2.low_level.ARGON2_VERSION}"
-            f"$m={hasher.memory_cost},t={hasher.time_cost},p={hasher.parallelism}"
+            f"$m={memory_cost},t={hasher.time_cost},p={hasher.parallelism}"
             f"${b64(os.urandom(hasher.salt_len))}${b64(os.urandom(hasher.hash_len))}"
         )
+
+    def _padding(self, stored: str) -> str | None:
+        """The hash to verify after `stored` so that the two fill the configured number of
+        blocks; None when `stored` already costs that much or more."""
+        try:
+            old = argon2.extract_parameters(stored)
+        except argon2.exceptions.InvalidHashError:
+            return self._dummy  # nothing was computed for it: pay the whole configured work
+        missing = self._work - old.time_cost * old.memory_cost
+        if missing <= 0:
+            return None
+        # argon2 rounds memory down to whole segments, 4 per lane (4 × parallelism blocks),
+        # and takes at least two of them per lane: round up instead, so the work is not short.
+        step = 4 * self._hasher.parallelism
+        steps = max(2, -(-missing // (self._hasher.time_cost * step)))
+        return self._unmatchable(steps * step)
 
     async def hash(self, password: str) -> str:
         return await asyncio.to_thread(self._hasher.hash, normalize(password))
@@ -145,9 +183,22 @@ class PasswordHasher:
         return await asyncio.to_thread(self._verify, stored, normalize(password))
 
     def _verify(self, stored: str | None, password: str) -> bool:
-        self.verifications["stored" if stored else "dummy"] += 1
+        if not stored:
+            self._check("dummy", self._dummy, password)
+            return False
+        ok = self._check("stored", stored, password)
+        padding = self._padding(stored)
+        if padding is not None:
+            self._check("padding", padding, password)
+        return ok
+
+    def _check(self, kind: str, encoded: str, password: str) -> bool:
+        self.verifications[kind] += 1
+        with contextlib.suppress(argon2.exceptions.InvalidHashError):
+            parameters = argon2.extract_parameters(encoded)
+            self.blocks[kind] += parameters.time_cost * parameters.memory_cost
         try:
-            return self._hasher.verify(stored or self._dummy, password) and stored is not None
+            return self._hasher.verify(encoded, password)
         except (argon2.exceptions.VerificationError, argon2.exceptions.InvalidHashError):
             return False
 
