@@ -402,12 +402,24 @@ class Worker:
         now = self.clock()
         finished: dict[str, list[uuid.UUID]] = {}
         events: list[dict[str, Any]] = []
+        sent: list[Job] = []
         for job, outcome, notes in done:
             finished.setdefault(outcome, []).append(job.id)
             events += [note.event_at(now) for note in notes]
             if outcome == "sent":
-                events.append(Note("mail_sent", job.user_id).event_at(now, {"kind": job.kind}))
+                sent.append(job)
         async with self.store.tx() as tx:
+            # A request's row was matched to its account while it was planned, after the claim
+            # that `job` was read from: `mail_sent` names the account as the row does now, so
+            # that it is kept with the account's other events (Runtime.audit_retention).
+            unresolved = [job.id for job in sent if job.user_id is None]
+            accounts = await tx.outbox.accounts_of(unresolved) if unresolved else {}
+            events += [
+                Note("mail_sent", job.user_id or accounts.get(job.id)).event_at(
+                    now, {"kind": job.kind}
+                )
+                for job in sent
+            ]
             for outcome, ids in finished.items():
                 await tx.outbox.finish_many(ids, outcome, now)
             await tx.audit.record_many(events)

@@ -414,6 +414,16 @@ class Outbox:
             [{"message_id": message, "account_id": account} for message, account in matched],
         )
 
+    async def accounts_of(self, message_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
+        """The account each of these rows was matched to, for those that were; one query."""
+        table = _table(OutboxMessage)
+        rows = await self.db.execute(
+            select(table.c.id, table.c.user_id).where(
+                table.c.id.in_(message_ids), table.c.user_id.is_not(None)
+            )
+        )
+        return {message: account for message, account in rows}
+
     async def finish_many(
         self, message_ids: Sequence[uuid.UUID], outcome: str, now: datetime
     ) -> None:
