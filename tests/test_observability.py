@@ -309,13 +309,13 @@ def audit(tmp_path: Path, env: dict[str, str], *args: str) -> list[list[str]]:
     return [line.split(None, 4) for line in lines]
 
 
-def insert_old_event(db: Path, days: int) -> int:
+def insert_old_event(db: Path, days: int, user_id: str) -> int:
     at = (datetime.now(UTC) - timedelta(days=days)).replace(tzinfo=None)
     with sqlite3.connect(db) as connection:
         cursor = connection.execute(
             "INSERT INTO audit_events (at, event, user_id, subject, detail) "
-            "VALUES (?, 'ancient_event', NULL, NULL, NULL)",
-            (at.strftime("%Y-%m-%d %H:%M:%S.%f"),),
+            "VALUES (?, 'ancient_event', ?, NULL, NULL)",
+            (at.strftime("%Y-%m-%d %H:%M:%S.%f"), uuid.UUID(user_id).hex),
         )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
@@ -383,15 +383,16 @@ def test_audit_cli_reads_and_purges_the_trail(tmp_path: Path, smtp: Smtp) -> Non
     assert "usage:" in bad.stderr
     assert "use a number and a unit" in bad.stderr
 
-    # Retention: 90 days by default, so a row from 200 days ago goes and the rest stay.
+    # Retention: 90 days by default, so an account's event from 200 days ago goes and the
+    # rest stay.
     recent = audit_ids(db)
-    insert_old_event(db, days=200)
+    insert_old_event(db, days=200, user_id=user_id)
     purged = cli("audit", "purge", cwd=tmp_path, env=env)
     assert purged.returncode == 0, purged.stderr
     assert purged.stdout == "purged 1 event\n"
     assert audit_ids(db) == recent
 
-    older = insert_old_event(db, days=200)
+    older = insert_old_event(db, days=200, user_id=user_id)
     kept = cli(
         "audit", "purge", cwd=tmp_path, env=env | {"CHASER_AUTH_AUDIT_RETENTION_DAYS": "1000"}
     )

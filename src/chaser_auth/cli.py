@@ -127,7 +127,8 @@ def _parser() -> argparse.ArgumentParser:
         description="Print security events (reset requested, suppressed, sent, consumed, "
         "failed confirms, logins, sessions revoked, operator actions), oldest first. Addresses "
         "appear only as a keyed hash (subject). `audit purge` deletes events older than "
-        "CHASER_AUTH_AUDIT_RETENTION_DAYS (workers also do it hourly).",
+        "CHASER_AUTH_AUDIT_RETENTION_DAYS, and events that name no account older than "
+        "CHASER_AUTH_UNMATCHED_RETENTION_HOURS (workers also do it hourly).",
     )
     audit.add_argument("action", nargs="?", choices=["list", "purge"], default="list")
     audit.add_argument("--since", type=_duration, help="only this recent, e.g. 30m, 24h, 7d")

@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
     audit_retention_days: Annotated[int, Field(ge=1)] = 90
+    outbox_retention_hours: Annotated[int, Field(ge=1)] = 168
+    unmatched_retention_hours: Annotated[int, Field(ge=1)] = 24
 
     @field_validator(
         "rate_limit_reset_per_ip",

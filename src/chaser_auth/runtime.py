@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -20,7 +21,9 @@ from chaser_auth.ratelimit import Limiter
 from chaser_auth.store.engine import create_engine, create_inline_engine, sqlite_path
 from chaser_auth.store.intake import Intake, OutboxIntake, SqliteIntake
 from chaser_auth.store.notify import OutboxListener, is_postgres
-from chaser_auth.store.repositories import Store
+from chaser_auth.store.repositories import Store, Tx
+
+PURGE_CHUNK = 5000  # rows deleted per transaction by the retention chores
 
 
 def make_transport(settings: Settings) -> MailTransport:
@@ -132,14 +135,44 @@ class Runtime:
         return StoredAddressLimit(self.store, self.clock, item)
 
     async def audit_retention(self) -> int:
-        """Delete audit events older than CHASER_AUTH_AUDIT_RETENTION_DAYS; how many went."""
-        before = self.clock() - timedelta(days=self.settings.audit_retention_days)
-        async with self.store.tx() as tx:
-            return await tx.audit.purge(before)
+        """Delete audit events older than CHASER_AUTH_AUDIT_RETENTION_DAYS, and those that name
+        no account (a reset request for an unknown address, a confirm with an unknown token)
+        older than CHASER_AUTH_UNMATCHED_RETENTION_HOURS; how many went."""
+        now = self.clock()
+        before = now - timedelta(days=self.settings.audit_retention_days)
+        unmatched = now - timedelta(hours=self.settings.unmatched_retention_hours)
+        return await self._in_chunks(lambda tx: tx.audit.purge(before, unmatched, PURGE_CHUNK))
+
+    async def outbox_retention(self) -> int:
+        """Delete delivered and otherwise finished outbox rows older than
+        CHASER_AUTH_OUTBOX_RETENTION_HOURS, those that name no account older than
+        CHASER_AUTH_UNMATCHED_RETENTION_HOURS; how many went. Dead letters stay for an
+        operator (`outbox retry`, `outbox purge`)."""
+        now = self.clock()
+        before = now - timedelta(hours=self.settings.outbox_retention_hours)
+        unmatched = now - timedelta(hours=self.settings.unmatched_retention_hours)
+        return await self._in_chunks(
+            lambda tx: tx.outbox.purge_done(before, unmatched, PURGE_CHUNK)
+        )
+
+    async def _in_chunks(self, purge: Callable[[Tx], Awaitable[int]]) -> int:
+        """Run `purge` (which deletes up to `PURGE_CHUNK` rows) a transaction at a time until
+        less than a chunk is left: an hour of a flood can be a million rows, and one
+        transaction for all of them would hold SQLite's write lock, and the request path
+        behind it, for seconds."""
+        total = 0
+        while True:
+            async with self.store.tx() as tx:
+                count = await purge(tx)
+            total += count
+            if count < PURGE_CHUNK:
+                return total
 
     async def housekeeping(self) -> None:
-        """The worker's hourly chores: audit retention, and limit hits past their window."""
+        """The worker's hourly chores: audit and outbox retention, and limit hits past their
+        window."""
         await self.audit_retention()
+        await self.outbox_retention()
         window = self.settings.limit("rate_limit_reset_per_address").get_expiry()
         before = self.clock() - timedelta(seconds=max(window, 86400))
         async with self.store.tx() as tx:

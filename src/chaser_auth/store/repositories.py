@@ -17,6 +17,7 @@ from sqlalchemy import (
     CursorResult,
     Engine,
     Table,
+    and_,
     bindparam,
     delete,
     func,
@@ -503,6 +504,24 @@ class Outbox:
         )
         return _rowcount(result)
 
+    async def purge_done(self, before: datetime, unmatched_before: datetime, limit: int) -> int:
+        """Delete up to `limit` done rows finished before `before` — or, for rows that name no
+        account (a request that matched none), before `unmatched_before`; how many went.
+        Queued rows and dead letters stay."""
+        table = _table(OutboxMessage)
+        doomed = (
+            select(table.c.id)
+            .where(
+                table.c.status == DONE,
+                or_(
+                    table.c.finished_at < before,
+                    and_(table.c.user_id.is_(None), table.c.finished_at < unmatched_before),
+                ),
+            )
+            .limit(limit)
+        )
+        return _rowcount(await self.db.execute(delete(table).where(table.c.id.in_(doomed))))
+
     async def listing(self, status: str | None = None) -> Sequence[OutboxMessage]:
         query = select(OutboxMessage).order_by(OutboxMessage.created_at)
         if status is not None:
@@ -568,9 +587,19 @@ class Audit:
         newest = (await self.db.scalars(query.order_by(AuditEvent.id.desc()).limit(limit))).all()
         return list(reversed(newest))
 
-    async def purge(self, before: datetime) -> int:
-        result = await self.db.execute(delete(AuditEvent).where(AuditEvent.at < before))
-        return _rowcount(result)
+    async def purge(self, before: datetime, unmatched_before: datetime, limit: int) -> int:
+        """Delete up to `limit` events from before `before` — or, for events that name no
+        account, from before `unmatched_before`; how many went."""
+        table = _table(AuditEvent)
+        doomed = (
+            select(table.c.id)
+            .where(  # `at` bounded first, so the index on it narrows the scan
+                table.c.at < max(before, unmatched_before),
+                or_(table.c.at < before, table.c.user_id.is_(None)),
+            )
+            .limit(limit)
+        )
+        return _rowcount(await self.db.execute(delete(table).where(table.c.id.in_(doomed))))
 
 
 @dataclass

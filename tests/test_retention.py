@@ -1,0 +1,148 @@
+"""Retention: the worker's hourly chores (`Runtime.housekeeping`) keep what a flood leaves
+behind bounded. Delivered mail is kept for CHASER_AUTH_OUTBOX_RETENTION_HOURS, dead letters
+until an operator handles them, account events for CHASER_AUTH_AUDIT_RETENTION_DAYS, and what
+names no account — a request for an unknown address, a confirm with an unknown token — for
+CHASER_AUTH_UNMATCHED_RETENTION_HOURS only. The clock is the app's injected one."""
+
+from __future__ import annotations
+
+from chaser_auth.runtime import PURGE_CHUNK
+from tests.conftest import EVERY_BACKEND, Served
+
+BACKENDS = EVERY_BACKEND
+HOUR = 3600
+
+
+async def outbox_state(app: Served) -> dict[str, tuple[str, str | None]]:
+    """Each outbox row's (status, outcome), by what the row was for."""
+    async with app.runtime.store.tx() as tx:
+        rows = await tx.outbox.listing()
+    return {str(row.id): (row.status, row.outcome) for row in rows}
+
+
+async def audit_state(app: Served) -> list[tuple[str, str | None]]:
+    """Every audit event as (event, account id), oldest first."""
+    async with app.runtime.store.tx() as tx:
+        events = await tx.audit.listing(limit=100_000)
+    return [(event.event, str(event.user_id) if event.user_id else None) for event in events]
+
+
+def ordered(events: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
+    return sorted(events, key=lambda e: (e[0], e[1] or ""))
+
+
+async def test_housekeeping_keeps_delivered_mail_for_its_retention_and_dead_letters(
+    app: Served,
+) -> None:
+    assert app.smtp is not None
+    settings = app.settings
+    assert settings.outbox_retention_hours == 168  # the default: a week
+    await app.create_user("kept@example.com")
+    await app.create_user("bounced@example.com")
+
+    app.smtp.sink.fail_with = "550 5.1.1 mailbox unavailable"
+    await app.request_reset("bounced@example.com")
+    await app.settle()
+    app.smtp.sink.fail_with = None
+    await app.reset_link("kept@example.com")
+    await app.settle()
+    first = await outbox_state(app)
+    assert sorted(first.values()) == [("dead", None), ("done", "sent")]
+
+    # A newer delivered row, half a retention later.
+    app.clock.advance(settings.outbox_retention_hours * HOUR // 2)
+    await app.reset_link("kept@example.com")
+    await app.settle()
+    both = await outbox_state(app)
+    [newer] = set(both) - set(first)
+
+    # At the retention to the second the first row stays; a second past it, it goes.
+    app.clock.advance(settings.outbox_retention_hours * HOUR // 2)
+    await app.runtime.housekeeping()
+    assert await outbox_state(app) == both
+    app.clock.advance(1)
+    await app.runtime.housekeeping()
+    left = await outbox_state(app)
+    assert sorted(left.values()) == [("dead", None), ("done", "sent")]
+    assert left[newer] == ("done", "sent")
+
+    # Dead letters wait for an operator however old they are; the newer row goes in its turn.
+    app.clock.advance(365 * 24 * HOUR)
+    await app.runtime.housekeeping()
+    assert sorted((await outbox_state(app)).values()) == [("dead", None)]
+
+
+async def test_housekeeping_drops_what_names_no_account_after_the_short_retention(
+    app: Served,
+) -> None:
+    settings = app.settings
+    assert settings.unmatched_retention_hours == 24  # the default
+    assert settings.audit_retention_days == 90
+    user = await app.create_user("owner@example.com")
+    await app.reset_link("owner@example.com")
+    for _ in range(3):
+        await app.request_reset("nobody@example.com")
+    bogus = await app.client.post(
+        "/auth/password-reset/confirm", json={"token": "A" * 43, "password": "x" * 20}
+    )
+    assert bogus.status_code == 400
+    await app.settle()
+
+    outbox = await outbox_state(app)
+    assert sorted(outbox.values()) == [("done", "no_account")] * 3 + [("done", "sent")]
+    audit = await audit_state(app)
+    unmatched = [
+        ("reset_requested", None),
+        ("reset_requested", None),
+        ("reset_requested", None),
+        ("reset_confirm_failed", None),
+    ]
+    named = [
+        ("account_created", user),
+        ("reset_requested", user),
+        ("reset_token_issued", user),
+        ("mail_sent", user),
+    ]
+    assert ordered(audit) == ordered(unmatched + named)
+
+    # Kept for the short retention to the second, and gone a second after it.
+    app.clock.advance(settings.unmatched_retention_hours * HOUR)
+    await app.runtime.housekeeping()
+    assert await outbox_state(app) == outbox
+    assert await audit_state(app) == audit
+    app.clock.advance(1)
+    await app.runtime.housekeeping()
+    assert sorted((await outbox_state(app)).values()) == [("done", "sent")]
+    assert ordered(await audit_state(app)) == ordered(named)
+
+    # Account events stay for the full audit retention; then they go too.
+    app.clock.advance((settings.audit_retention_days - 2) * 24 * HOUR)
+    await app.runtime.housekeeping()
+    assert ordered(await audit_state(app)) == ordered(named)
+    app.clock.advance(2 * 24 * HOUR)
+    await app.runtime.housekeeping()
+    assert await audit_state(app) == []
+
+
+async def test_housekeeping_purges_a_backlog_larger_than_one_chunk(app: Served) -> None:
+    """The chores delete in chunks (a transaction each); a backlog of several chunks goes
+    whole, and what is young enough stays."""
+    rows = 2 * PURGE_CHUNK + 7
+    async with app.runtime.store.tx() as tx:
+        await tx.audit.record_many(
+            [
+                {
+                    "at": app.clock(),
+                    "event": "reset_requested",
+                    "user_id": None,
+                    "subject": None,
+                    "detail": None,
+                }
+                for _ in range(rows)
+            ]
+        )
+    app.clock.advance(app.settings.unmatched_retention_hours * HOUR + 1)
+    await app.request_reset("young@example.com")
+    await app.settle()
+    assert await app.runtime.audit_retention() == rows
+    assert await audit_state(app) == [("reset_requested", None)]
