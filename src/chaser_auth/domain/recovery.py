@@ -175,10 +175,11 @@ class RecoveryService:
 
     async def prepare_resets(self, jobs: Sequence[Job], limit: AddressLimit) -> list[Letter | Skip]:
         """What each reset request in `jobs` becomes, in order, with a handful of statements
-        for the whole batch (one account look-up, one limit call, a transaction per
-        `MINT_CHUNK` links minted) rather than some per row: under a flood most rows are for
-        unknown or throttled addresses, and they must not cost a commit each. The limit's
-        subject is a keyed hash of the address key (of the raw string if it has none)."""
+        for the whole batch (one account look-up, one limit call, one look-up of live links
+        for the accounts over the limit, a transaction per `MINT_CHUNK` links minted) rather
+        than some per row: under a flood most rows are for unknown or throttled addresses,
+        and they must not cost a commit each. The limit's subject is a keyed hash of the
+        address key (of the raw string if it has none)."""
         now = self.clock()
         plans: dict[uuid.UUID, Letter | Skip] = {}
         fresh: list[tuple[Job, str, str | None]] = []
@@ -202,7 +203,8 @@ class RecoveryService:
             else:
                 asking.append((job, raw, user, requested))
         allowed = await limit.allow_many([note.subject or "" for *_, note in asking])
-        minting: list[tuple[Job, User, Note]] = []
+        minting: list[tuple[Job, User, tuple[Note, ...]]] = []
+        over: list[tuple[Job, User, Note]] = []
         for (job, raw, user, requested), ok in zip(asking, allowed, strict=True):
             if user is None:  # unknown address, and the operator wants it told so
                 plans[job.id] = (
@@ -216,10 +218,26 @@ class RecoveryService:
                     else Skip("suppressed", (requested,))
                 )
             elif not ok:
-                suppressed = Note("reset_suppressed", user.id, requested.subject)
-                plans[job.id] = Skip("suppressed", (requested, suppressed))
+                over.append((job, user, requested))
             else:
-                minting.append((job, user, requested))
+                minting.append((job, user, (requested,)))
+        if over:
+            # Over the per-address budget, but with no link that still works, the account gets
+            # one anyway: else a stranger who spends the budget leaves the owner without a
+            # working link for the rest of the window once those links expire. The inbox gets
+            # at most one mail per link lifetime beyond the budget — none while a link lives
+            # (one minted in this batch included). One query for the whole batch.
+            async with self.store.tx() as tx:  # reads only
+                live = await tx.reset_tokens.live_among({user.id for _, user, _ in over}, now)
+            live |= {user.id for _, user, _ in minting}
+            for job, user, requested in over:
+                if user.id in live:
+                    suppressed = Note("reset_suppressed", user.id, requested.subject)
+                    plans[job.id] = Skip("suppressed", (requested, suppressed))
+                else:
+                    live.add(user.id)
+                    beyond = Note("reset_beyond_limit", user.id, requested.subject)
+                    minting.append((job, user, (requested, beyond)))
         if minting:
             # By account: two workers minting for the same accounts lock their token rows in
             # one order, so they cannot deadlock (PostgreSQL). Within an account, claim order
@@ -232,7 +250,7 @@ class RecoveryService:
                 async with self.store.tx() as tx:
                     links = await self._mint_many(
                         tx,
-                        [Grant(user, job.id, (requested,)) for job, user, requested in chunk],
+                        [Grant(user, job.id, notes) for job, user, notes in chunk],
                         now,
                         event="reset_token_issued",
                     )

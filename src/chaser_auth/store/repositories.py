@@ -269,6 +269,24 @@ class LinkTokens(Generic[T]):
     async def by_outbox(self, outbox_id: uuid.UUID) -> T | None:
         return await self.db.scalar(select(self.model).where(self.model.outbox_id == outbox_id))
 
+    async def live_among(self, user_ids: set[uuid.UUID], now: datetime) -> set[uuid.UUID]:
+        """Those of these accounts that hold a token still usable at `now` (unused, unrevoked,
+        unexpired — the conditions of `consume`), in one query."""
+        if not user_ids:
+            return set()
+        table = _table(self.model)
+        found = await self.db.scalars(
+            select(table.c.user_id)
+            .where(
+                table.c.user_id.in_(user_ids),
+                table.c.used_at.is_(None),
+                table.c.revoked_at.is_(None),
+                table.c.expires_at >= now,
+            )
+            .distinct()
+        )
+        return set(found)
+
     async def consume(self, token_id: uuid.UUID, now: datetime) -> bool:
         """Mark the token used if, at this instant, it still may be; True for the one winner."""
         model = self.model
