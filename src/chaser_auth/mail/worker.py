@@ -58,7 +58,7 @@ BATCH = 256  # rows claimed per round
 SENDING = 16  # messages with the transport at once
 IN_FLIGHT = 64  # messages planned and not yet handed over, across rounds, before a round waits
 GATHER = 0.025  # seconds to let rows gather before a round (unless the last one was full)
-HOUSEKEEPING_INTERVAL = 3600.0  # seconds between chores: audit retention, old limit hits
+HOUSEKEEPING_INTERVAL = 3600.0  # seconds between chores (Runtime.housekeeping)
 
 
 Plan = Letter | Skip | None
@@ -208,7 +208,7 @@ class Worker:
         log.info("delivery worker stopped")
 
     async def _housekeep(self) -> None:
-        """Hourly chores (audit retention, old limit hits); a failure waits for the next hour."""
+        """Hourly chores (retention, old limit hits); a failure waits for the next hour."""
         if self.housekeeping is None or time.monotonic() < self._next_housekeeping:
             return
         self._next_housekeeping = time.monotonic() + HOUSEKEEPING_INTERVAL
