@@ -89,6 +89,12 @@ def test_predictable_secret_file_is_refused(tmp_path: Path) -> None:
         ("mail_max_attempts", 0),
         ("mail_from", "Chaser"),
         ("mail_from", "no-reply@"),
+        ("operator_address", "8001"),
+        ("operator_address", "localhost"),
+        ("operator_address", "127.0.0.1:65536"),
+        ("operator_address", "::1:8001"),
+        ("operator_address", "[localhost]:8001"),
+        ("operator_address", "http://127.0.0.1:8001"),
     ],
 )
 def test_bad_values_are_refused(tmp_path: Path, name: str, value: object) -> None:
@@ -100,3 +106,23 @@ def test_public_url_loses_its_trailing_slash(tmp_path: Path) -> None:
     assert settings(tmp_path, public_url="https://id.example.com/").public_url == (
         "https://id.example.com"
     )
+
+
+@pytest.mark.parametrize(
+    ("value", "host_port"),
+    [
+        ("127.0.0.1:8001", ("127.0.0.1", 8001)),
+        (" 10.0.0.5:9100 ", ("10.0.0.5", 9100)),
+        ("[::1]:0", ("::1", 0)),
+        ("metrics.internal:8001", ("metrics.internal", 8001)),
+        ("", None),  # off
+    ],
+)
+def test_operator_address_is_host_and_port_or_empty(
+    tmp_path: Path, value: str, host_port: tuple[str, int] | None
+) -> None:
+    assert settings(tmp_path, operator_address=value).operator_host_port == host_port
+
+
+def test_operator_address_is_loopback_by_default(tmp_path: Path) -> None:
+    assert settings(tmp_path).operator_host_port == ("127.0.0.1", 8001)

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import ipaddress
 import math
 import os
+import re
 import secrets
 import tempfile
 from collections import Counter
@@ -64,6 +66,8 @@ class Settings(BaseSettings):
     mail_dir: Path = Path("./var/mail")
     templates_dir: Path | None = None
     public_url: str = "http://localhost:8000"
+    # Where /metrics (and /healthz, /readyz) are served apart from the public API; "" = off.
+    operator_address: str = "127.0.0.1:8001"
     app_url: str | None = None
     secret_key: SecretStr | None = None
     secret_key_file: Path = Path("./var/secret_key")
@@ -162,8 +166,50 @@ class Settings(BaseSettings):
             raise ValueError("must start with smtp://, smtp+starttls:// or smtps://")
         return value
 
+    @field_validator("operator_address")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            split_address(value)  # raises ValueError with the reason
+        return value
+
+    @property
+    def operator_host_port(self) -> tuple[str, int] | None:
+        """(host, port) of the operator listener, or None when it is off."""
+        return split_address(self.operator_address) if self.operator_address else None
+
     def limit(self, name: str) -> RateLimitItem:
         return _parse_limit(str(getattr(self, name)))
+
+
+def split_address(value: str) -> tuple[str, int]:
+    """`host:port` as (host, port): the host an IP address or a name, an IPv6 address in
+    brackets (`[::1]:8001`); port 0 means any free port."""
+    host, colon, port = value.rpartition(":")
+    if not colon or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"{value!r}: use host:port, the port a number from 0 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        if ":" not in host or not _is_ip(host):
+            raise ValueError(f"{value!r}: {host!r} in brackets is not an IPv6 address")
+    elif not (_is_ip(host) and ":" not in host) and not _HOST_NAME.fullmatch(host):
+        raise ValueError(
+            f"{value!r}: use host:port with an IP address or a host name (IPv6 in brackets)"
+        )
+    return host, int(port)
+
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*")
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=64)
