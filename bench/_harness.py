@@ -277,6 +277,9 @@ def start_chaser(
     name: str, workdir: Path, env: dict[str, str], serve_args: tuple[str, ...] = ()
 ) -> Server:
     port = free_port()
+    # The operator listener (/metrics) on a free port too: two servers of one bench never meet
+    # on the default 8001.
+    env = {"CHASER_AUTH_OPERATOR_ADDRESS": f"{HOST}:{free_port()}", **env}
     return start_server(
         name,
         [str(CHASER), "serve", "--host", HOST, "--port", str(port), *serve_args],

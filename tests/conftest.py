@@ -309,6 +309,7 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "rate_limit_login_per_ip": "1000/minute",
         "rate_limit_login_per_account": "1000/minute",
         "rate_limit_token_per_ip": "1000/minute",
+        "operator_address": "127.0.0.1:0",  # a free port of its own: parallel runs never meet
     }
     values.update(overrides)
     # `_env_file=None` and explicit values: nothing from the machine's environment leaks in.
@@ -326,6 +327,7 @@ class Served:
     settings: Settings
     runtime: Runtime
     smtp: Smtp | None
+    operator: httpx.AsyncClient | None = None  # the operator listener, when it is on
 
     async def create_user(self, email: str, password: str = PASSWORD) -> str:
         user = await self.runtime.accounts.create(email, password)
@@ -433,8 +435,16 @@ async def serve(
                     task.result()
                 await asyncio.sleep(0.01)
             url = socket_url(sock)
-            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-                yield Served(url, client, clock, settings, app.state.runtime, smtp)
+            async with contextlib.AsyncExitStack() as clients:
+                client = await clients.enter_async_context(
+                    httpx.AsyncClient(base_url=url, timeout=30)
+                )
+                operator = None
+                if app.state.operator_url:
+                    operator = await clients.enter_async_context(
+                        httpx.AsyncClient(base_url=app.state.operator_url, timeout=30)
+                    )
+                yield Served(url, client, clock, settings, app.state.runtime, smtp, operator)
         finally:
             server.should_exit = True
             await task

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -25,6 +26,7 @@ from typing import TypeVar
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import LINK, NEW_PASSWORD, PASSWORD, Received, Smtp, free_port
 
@@ -38,6 +40,9 @@ CHEAP = {
     "CHASER_AUTH_ARGON2_MEMORY_COST": "1024",
     "CHASER_AUTH_ARGON2_PARALLELISM": "1",
     "CHASER_AUTH_WORKER_POLL_INTERVAL": "0.05",
+    # A free port for each `serve`, never the default 8001 that another run may hold; a test
+    # that scrapes /metrics names a port (see `operator_env`).
+    "CHASER_AUTH_OPERATOR_ADDRESS": "127.0.0.1:0",
 }
 
 
@@ -60,6 +65,12 @@ def tmp_env(tmp_path: Path, **extra: str) -> dict[str, str]:
         CHASER_AUTH_SECRET_KEY_FILE=str(tmp_path / "state" / "secret_key"),
         **extra,
     )
+
+
+def operator_env() -> tuple[dict[str, str], str]:
+    """An operator listener on a free port: (the setting, the listener's URL)."""
+    address = f"127.0.0.1:{free_port()}"
+    return {"CHASER_AUTH_OPERATOR_ADDRESS": address}, f"http://{address}"
 
 
 def no_traceback(done: subprocess.CompletedProcess[str]) -> None:
@@ -606,6 +617,7 @@ def test_help_mentions_every_command_and_flag_in_the_readme(tmp_path: Path) -> N
         ("CHASER_AUTH_RATE_LIMIT_RESET_PER_IP", "banana"),
         ("CHASER_AUTH_SMTP_URL", "http://mail.example.com"),
         ("CHASER_AUTH_MAIL_MAX_ATTEMPTS", "0"),
+        ("CHASER_AUTH_OPERATOR_ADDRESS", "8001"),
     ],
 )
 def test_an_invalid_setting_exits_2_with_one_line_naming_it(
@@ -613,7 +625,7 @@ def test_an_invalid_setting_exits_2_with_one_line_naming_it(
 ) -> None:
     env = tmp_env(tmp_path, **{variable: value})
     commands: list[tuple[str, ...]] = [("migrate",)]
-    if variable == "CHASER_AUTH_RATE_LIMIT_RESET_PER_IP":  # and before any command runs
+    if variable in ("CHASER_AUTH_RATE_LIMIT_RESET_PER_IP", "CHASER_AUTH_OPERATOR_ADDRESS"):
         commands += [("serve", "--port", str(free_port())), ("outbox", "list")]
     for args, done in zip(commands, cli_parallel(commands, cwd=tmp_path, env=env), strict=True):
         assert done.returncode == 2, (args, done.stdout, done.stderr)
@@ -621,6 +633,52 @@ def test_an_invalid_setting_exits_2_with_one_line_naming_it(
         assert line.startswith(f"chaser-auth: configuration: {variable}: "), line
         assert done.stdout == ""
     assert not (tmp_path / "state").exists()  # nothing was created before the check
+
+
+@pytest.mark.parametrize(
+    ("address", "args", "says"),
+    [
+        ("127.0.0.1:0", ("--workers", "2"), "port 0 would give each of the 2 processes"),
+        ("127.0.0.1:{port}", (), "is the API's own (--port)"),
+    ],
+)
+def test_serve_refuses_an_operator_address_that_cannot_work_with_its_flags(
+    tmp_path: Path, address: str, args: tuple[str, ...], says: str
+) -> None:
+    port = free_port()
+    env = tmp_env(tmp_path, CHASER_AUTH_OPERATOR_ADDRESS=address.format(port=port))
+    done = cli("serve", "--port", str(port), *args, cwd=tmp_path, env=env)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    [line] = done.stderr.splitlines()
+    assert line.startswith("chaser-auth: configuration: CHASER_AUTH_OPERATOR_ADDRESS: "), line
+    assert says in line
+    assert not (tmp_path / "state").exists()
+
+
+@pytest.mark.parametrize("reuse_port", [False, True], ids=["plain", "shared"])
+def test_serve_whose_operator_address_is_taken_exits_with_one_line(
+    tmp_path: Path, reuse_port: bool
+) -> None:
+    # `shared`: the holder set SO_REUSEPORT, as the processes of another `serve --workers N`
+    # do; serve must not join it (scrapes would reach the other service half the time).
+    with socket.socket() as holder:
+        if reuse_port:
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = f"127.0.0.1:{holder.getsockname()[1]}"
+        port = free_port()
+        env = tmp_env(tmp_path, CHASER_AUTH_OPERATOR_ADDRESS=taken)
+        done = cli("serve", "--port", str(port), "--workers", "2", cwd=tmp_path, env=env)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    [line] = done.stderr.splitlines()
+    assert line == (
+        f"chaser-auth: cannot listen on {taken} (CHASER_AUTH_OPERATOR_ADDRESS): "
+        "Address already in use"
+    )
+    assert not (tmp_path / "state").exists()  # refused before migrating
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
 
 
 def test_a_short_secret_key_is_refused(tmp_path: Path) -> None:
@@ -655,6 +713,16 @@ def test_a_predictable_secret_key_is_refused_at_start(tmp_path: Path) -> None:
     assert "secret key is too predictable" in done.stderr
 
 
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` whose labels include `labels`."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
 def test_serve_with_two_processes_on_one_sqlite_file_sends_each_mail_once(
     tmp_path: Path, smtp: Smtp
 ) -> None:
@@ -674,6 +742,8 @@ def test_serve_with_two_processes_on_one_sqlite_file_sends_each_mail_once(
         stdins=[PASSWORD + "\n"] * len(addresses),
     )
     assert [c.returncode for c in created] == [0] * len(addresses)
+    operator, operator_url = operator_env()
+    env |= operator
     with serving(tmp_path, env, "--workers", "2") as url, httpx.Client(base_url=url) as client:
         # Several connections, so both processes take requests; each runs its own worker.
         for round_ in range(2):
@@ -688,12 +758,28 @@ def test_serve_with_two_processes_on_one_sqlite_file_sends_each_mail_once(
             "every outbox row done",
         )
         assert client.get("/readyz").status_code == 200
+        assert client.get("/metrics").status_code == 404
+        # Both processes listen on the one operator port; whichever answers a scrape (a new
+        # connection each, so the kernel spreads them) reports the sum of both.
+        for _ in range(6):
+            with httpx.Client(base_url=operator_url) as scraper:
+                scraped = scraper.get("/metrics")
+            assert scraped.status_code == 200, scraped.text
+            assert metric(scraped.text, "chaser_auth_mail_total", outcome="sent") == len(rows)
+            assert metric(
+                scraped.text,
+                "chaser_auth_http_requests_total",
+                route="/auth/password-reset/request",
+                status="200",
+            ) == 2 * len(addresses)
     assert len(rows) == 2 * len(addresses)
     ids = [m.message["Message-ID"] for m in smtp.sink.messages]
     assert len(ids) == len(set(ids)) == 2 * len(addresses)  # none lost, none sent twice
     # Without Redis the start-up log says how the limits behave across the processes.
     log = (tmp_path / "serve.log").read_text(encoding="utf-8")
     assert "each of the 2 processes counts the per-IP, login and sign-up limits in its own" in log
+    assert f"/metrics on {operator_url}" in log
+    assert log.count(f"operator listener on {operator_url}") == 2  # one line per process
 
 
 # -- serve migrates in a child interpreter ------------------------------------------------------

@@ -1,5 +1,6 @@
-"""Observability: the Prometheus counters and gauges of `GET /metrics`, the JSON log lines of
-`chaser-auth serve`, and the audit trail read and purged through `chaser-auth audit`.
+"""Observability: the Prometheus counters and gauges of `GET /metrics` on the operator listener
+(and its absence from the public one), the JSON log lines of `chaser-auth serve`, and the audit
+trail read and purged through `chaser-auth audit`.
 
 prometheus-client keeps its counters in one process-global registry, so within a pytest run
 they carry what earlier tests counted: the metrics test compares a scrape taken before its
@@ -11,6 +12,7 @@ service's stdout, and the audit trail lives in the SQLite file under `tmp_path/s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import sqlite3
@@ -18,6 +20,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
@@ -54,7 +57,8 @@ def parse_metrics(text: str) -> Samples:
 
 
 async def scrape(served: Served) -> Samples:
-    response = await served.client.get("/metrics")
+    assert served.operator is not None, "the operator listener is off"
+    response = await served.operator.get("/metrics")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
     return parse_metrics(response.text)
@@ -132,7 +136,8 @@ async def test_metrics_count_a_scripted_scenario(
         await app.settle()  # the password-changed notice after Alice's reset
         await smtp.sink.wait_for(2, to=alice)
         after = await scrape(app)
-        text = (await app.client.get("/metrics")).text
+        assert app.operator is not None
+        text = (await app.operator.get("/metrics")).text
 
     reset_route, confirm_route = "/auth/password-reset/request", "/auth/password-reset/confirm"
     assert changes(before, after, "chaser_auth_http_requests_total") == {
@@ -191,6 +196,80 @@ async def test_metrics_count_a_scripted_scenario(
         assert "@" not in value, value
         for secret in forbidden:
             assert secret not in value.lower(), (secret, value)
+
+
+# -- the operator listener ----------------------------------------------------------------------
+
+
+def listening_ports() -> set[int]:
+    """The TCP ports this process listens on (IPv4 and IPv6), as the kernel reports them."""
+    ours = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):  # the directory's own descriptor is gone by now
+            target = str(fd.readlink())
+            if target.startswith("socket:["):
+                ours.add(target.removeprefix("socket:[").removesuffix("]"))
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "0A" and fields[9] in ours:  # 0A: LISTEN
+                ports.add(int(fields[1].rpartition(":")[2], 16))
+    return ports
+
+
+async def test_metrics_are_served_on_the_operator_listener_and_are_a_404_on_the_public_one(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    before = listening_ports()
+    async with serve(make_settings(tmp_path), clock, None) as app:
+        assert app.operator is not None
+        operator = urlsplit(str(app.operator.base_url))
+        assert operator.hostname == "127.0.0.1"  # loopback, as by default
+        assert listening_ports() - before == {urlsplit(app.url).port, operator.port}
+
+        public = await app.client.get("/metrics")
+        unknown = await app.client.get("/no-such-path")
+        assert public.status_code == unknown.status_code == 404
+        assert public.json() == unknown.json()  # the one shape, nothing that says "elsewhere"
+        assert public.json()["error"]["code"] == "not_found"
+        assert "/metrics" not in (await app.client.get("/openapi.json")).json()["paths"]
+
+        scraped = await app.operator.get("/metrics")
+        assert scraped.status_code == 200, scraped.text
+        assert scraped.headers["content-type"].startswith("text/plain")
+        assert "chaser_auth_outbox_depth 0.0" in scraped.text
+        assert scraped.headers["cache-control"] == "no-store"  # the edge headers, here too
+        assert scraped.headers["x-request-id"]
+        for path, status in (("/healthz", "ok"), ("/readyz", "ready")):
+            for client in (app.client, app.operator):  # load balancers keep the public ones
+                answer = await client.get(path)
+                assert answer.status_code == 200, (client.base_url, path)
+                assert answer.json() == {"status": status}
+
+        # Nothing else: no API, no document, no docs; errors in the one shape.
+        for method, path in (
+            ("POST", "/auth/password-reset/request"),
+            ("GET", "/openapi.json"),
+            ("GET", "/docs"),
+            ("GET", "/static/chaser-auth.css"),
+        ):
+            answer = await app.operator.request(method, path, json={"email": "a@example.com"})
+            assert answer.status_code == 404, (method, path)
+            assert answer.json() == unknown.json()
+        wrong_method = await app.operator.post("/metrics")
+        assert wrong_method.status_code == 405
+        assert wrong_method.json()["error"]["code"] == "method_not_allowed"
+    assert operator.port not in listening_ports()  # stopped with the app
+
+
+async def test_an_empty_operator_address_binds_nothing(tmp_path: Path, clock: FakeClock) -> None:
+    before = listening_ports()
+    async with serve(make_settings(tmp_path, operator_address=""), clock, None) as app:
+        assert app.operator is None
+        assert listening_ports() - before == {urlsplit(app.url).port}
+        assert (await app.client.get("/metrics")).status_code == 404
+        assert (await app.client.get("/readyz")).status_code == 200
 
 
 # -- JSON logs ----------------------------------------------------------------------------------

@@ -95,6 +95,7 @@ def response_schema() -> dict[str, Any]:
 def base_env(**extra: str) -> dict[str, str]:
     # Inherit the environment, but not a developer's own CHASER_AUTH_* settings.
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHASER_AUTH_")}
+    env["CHASER_AUTH_OPERATOR_ADDRESS"] = "127.0.0.1:0"  # not the default 8001 another run holds
     env.update(extra)
     return env
 

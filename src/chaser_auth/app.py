@@ -1,7 +1,9 @@
 """`create_app(settings)` → the ASGI app: routers, pages, error handlers, edge middleware, lifespan.
 
-The lifespan builds the `Runtime` (engine, services) and, unless `embedded_worker` is off,
-runs the delivery worker as a task in the same event loop.
+The lifespan builds the `Runtime` (engine, services), starts the operator listener
+(`api/operator.py`: `/metrics`, `/healthz`, `/readyz` on `CHASER_AUTH_OPERATOR_ADDRESS`; its URL
+is `app.state.operator_url`, None when it is off) and, unless `embedded_worker` is off, runs
+the delivery worker as a task in the same event loop.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
@@ -19,11 +22,14 @@ from chaser_auth.api import accounts, errors, health, reset, signup
 from chaser_auth.api.deps import parse_proxies
 from chaser_auth.api.fastpath import SeedLane
 from chaser_auth.api.middleware import EdgeMiddleware
+from chaser_auth.api.operator import OperatorListener, bind, create_operator_app
 from chaser_auth.config import Settings
 from chaser_auth.domain.clock import Clock, utcnow
 from chaser_auth.logs import configure_logging
 from chaser_auth.runtime import Runtime
 from chaser_auth.web import pages
+
+log = logging.getLogger("chaser_auth")
 
 DESCRIPTION = """Self-hostable implementation of the `auth` surface of the Chaser Core API.
 
@@ -41,26 +47,45 @@ class ChaserAPI(FastAPI):
         return SeedLane(stack, route)
 
 
-def create_app(settings: Settings, clock: Clock = utcnow) -> FastAPI:
+def create_app(
+    settings: Settings, clock: Clock = utcnow, *, share_operator_port: bool = False
+) -> FastAPI:
+    """`share_operator_port`: bind the operator listener with SO_REUSEPORT, for the processes
+    of `serve --workers N`, which all listen on the one operator port."""
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime.build(settings, clock)
         app.state.runtime = runtime
+        operator: OperatorListener | None = None
         stop = asyncio.Event()
-        task = asyncio.create_task(runtime.worker().run(stop)) if settings.embedded_worker else None
-        # What start-up built (modules, models, the runtime) lives as long as the process: out
-        # of the collector's sight, a full collection under load no longer walks it all and
-        # stops the event loop for tens of milliseconds (the p99 of the seed bench: 70 ms with,
-        # 11 ms without). Python's documented `gc.freeze`; objects made later are collected.
-        gc.collect()
-        gc.freeze()
+        task: asyncio.Task[None] | None = None
         try:
-            yield
+            if (address := settings.operator_host_port) is not None:
+                sock = bind(*address, shared=share_operator_port)
+                operator = OperatorListener(create_operator_app(runtime), sock)
+                await operator.start()
+                log.info("operator listener on %s (/metrics, /healthz, /readyz)", operator.url)
+            app.state.operator_url = operator.url if operator else None
+            if settings.embedded_worker:
+                task = asyncio.create_task(runtime.worker().run(stop))
+            # What start-up built (modules, models, the runtime) lives as long as the process:
+            # out of the collector's sight, a full collection under load no longer walks it all
+            # and stops the event loop for tens of milliseconds (the p99 of the seed bench:
+            # 70 ms with, 11 ms without). Python's documented `gc.freeze`; objects made later
+            # are collected.
+            gc.collect()
+            gc.freeze()
+            try:
+                yield
+            finally:
+                gc.unfreeze()
         finally:
-            gc.unfreeze()
             stop.set()
             if task is not None:
                 await task
+            if operator is not None:
+                await operator.stop()
             await runtime.close()
 
     app = ChaserAPI(
@@ -93,4 +118,4 @@ def app_from_environment() -> FastAPI:
     process reads the same environment and sets up its own logging."""
     settings = Settings()
     configure_logging(settings.log_level, service=True, fmt=settings.log_format)
-    return create_app(settings)
+    return create_app(settings, share_operator_port=True)

@@ -45,7 +45,9 @@ def _parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the HTTP API (applies pending migrations; runs the mail worker in-process)",
         description="Serve the HTTP API. Applies pending migrations first and, unless "
-        "--no-worker is given, runs the mail delivery worker in each API process.",
+        "--no-worker is given, runs the mail delivery worker in each API process. /metrics "
+        "(with /healthz and /readyz) is served apart, on CHASER_AUTH_OPERATOR_ADDRESS "
+        "(default 127.0.0.1:8001; empty: off).",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
@@ -246,6 +248,8 @@ def serve(settings: Settings, host: str, port: int, workers: int, embedded_worke
 
     from chaser_auth.app import create_app
 
+    if failed := _check_operator_address(settings, port, workers):
+        return failed
     if failed := _upgrade_apart():
         return failed
     load_secret_key(settings)  # create it once here, before any worker process starts
@@ -259,9 +263,10 @@ def serve(settings: Settings, host: str, port: int, workers: int, embedded_worke
         "timeout_graceful_shutdown": 20,
     }
     log.info(
-        "serving on http://%s:%d (%d process%s, delivery worker %s)",
+        "serving on http://%s:%d, /metrics on %s (%d process%s, delivery worker %s)",
         host,
         port,
+        f"http://{settings.operator_address}" if settings.operator_address else "no listener",
         workers,
         "" if workers == 1 else "es",
         "in-process" if embedded_worker else "off",
@@ -294,6 +299,37 @@ def serve(settings: Settings, host: str, port: int, workers: int, embedded_worke
         finally:
             if own_dir:
                 shutil.rmtree(os.environ.pop("PROMETHEUS_MULTIPROC_DIR"), ignore_errors=True)
+    return 0
+
+
+def _check_operator_address(settings: Settings, port: int, workers: int) -> int:
+    """Refuse an operator address that cannot work, in one line, before anything starts: the
+    API's own port, port 0 for several processes (each would pick another), or an address
+    something already listens on (the processes bind it later, each with SO_REUSEPORT, which
+    would not notice another chaser-auth there)."""
+    from chaser_auth.api.operator import bind
+
+    if (address := settings.operator_host_port) is None:
+        return 0
+    name = "CHASER_AUTH_OPERATOR_ADDRESS"
+    if address[1] == port:
+        raise ConfigurationError(f"{name}: port {port} is the API's own (--port); pick another")
+    if address[1] == 0:
+        if workers > 1:
+            raise ConfigurationError(
+                f"{name}: port 0 would give each of the {workers} processes a port of its own; "
+                "name one port"
+            )
+        return 0
+    try:
+        bind(*address).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        print(
+            f"chaser-auth: cannot listen on {settings.operator_address} ({name}): {reason}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 

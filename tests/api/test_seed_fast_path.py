@@ -23,7 +23,7 @@ import pytest
 from chaser_auth.api.reset import SEED_PATH
 from tests.api.test_reset_request import REQUESTED, VARYING
 from tests.conftest import EVERY_BACKEND, FakeClock, Served, Smtp, make_settings, serve
-from tests.test_cli import serving, tmp_env
+from tests.test_cli import operator_env, serving, tmp_env
 from tests.test_observability import changes, parse_metrics, series
 
 BACKENDS = EVERY_BACKEND  # SQLite with process memory; PostgreSQL with Redis
@@ -212,10 +212,15 @@ def limit_env(backend_settings: dict[str, Any]) -> dict[str, str]:
 def test_fast_path_requests_are_counted_and_logged_under_the_route_template(
     tmp_path: Path, backend_settings: dict[str, Any]
 ) -> None:
-    env = tmp_env(tmp_path) | limit_env(backend_settings)
+    operator, operator_url = operator_env()
+    env = tmp_env(tmp_path) | limit_env(backend_settings) | operator
     given_id = "fast-path-seed-1"
-    with serving(tmp_path, env) as url, httpx.Client(base_url=url, timeout=30) as client:
-        before = parse_metrics(client.get("/metrics").text)
+    with (
+        serving(tmp_path, env) as url,
+        httpx.Client(base_url=url, timeout=30) as client,
+        httpx.Client(base_url=operator_url, timeout=30) as scraper,
+    ):
+        before = parse_metrics(scraper.get("/metrics").text)
         answers = [
             client.post(
                 SEED_PATH,
@@ -227,7 +232,7 @@ def test_fast_path_requests_are_counted_and_logged_under_the_route_template(
             )
             for i, content_type in enumerate(JSON_TYPES)
         ]
-        after = parse_metrics(client.get("/metrics").text)
+        after = parse_metrics(scraper.get("/metrics").text)
     assert [r.status_code for r in answers] == [200] * len(JSON_TYPES)
     request_ids = [r.headers["x-request-id"] for r in answers]
     assert request_ids[0] == given_id

@@ -1,4 +1,7 @@
-"""Liveness, readiness and metrics, for load balancers, orchestrators and Prometheus."""
+"""Liveness, readiness and metrics, for load balancers, orchestrators and Prometheus.
+
+`router` (liveness, readiness) is served on both listeners; `metrics_router` only on the
+operator listener (`api/operator.py`): the counters tell whether addresses have accounts."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from chaser_auth.api.schemas import ErrorResponse, HealthResponse
 from chaser_auth.errors import ServiceUnavailable
 
 router = APIRouter(tags=["operations"])
+metrics_router = APIRouter()
 
 
 @router.get(
@@ -38,7 +42,7 @@ async def readyz(runtime: RuntimeDep) -> HealthResponse:
     return HealthResponse(status="ready")
 
 
-@router.get(
+@metrics_router.get(
     "/metrics",
     operation_id="metrics",
     summary="Prometheus metrics (text exposition format)",
