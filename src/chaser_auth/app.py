@@ -27,9 +27,11 @@ from chaser_auth.config import Settings
 from chaser_auth.domain.clock import Clock, utcnow
 from chaser_auth.logs import configure_logging
 from chaser_auth.runtime import Runtime
-from chaser_auth.web import pages
+from chaser_auth.web import docs, pages
 
 log = logging.getLogger("chaser_auth")
+
+OPENAPI_URL = "/openapi.json"
 
 DESCRIPTION = """Self-hostable implementation of the `auth` surface of the Chaser Core API.
 
@@ -100,6 +102,9 @@ def create_app(
         # would record exception messages (which may quote an address), and asking whether
         # a provider is configured costs an environment look-up on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+        openapi_url=OPENAPI_URL,
+        docs_url=None,  # web/docs.py: Swagger UI from installed files, not from a CDN
+        redoc_url=None,
     )
     app.state.trusted_proxies = parse_proxies(settings.trusted_proxies)
     errors.install(app)
@@ -109,6 +114,8 @@ def create_app(
     app.include_router(health.router)
     app.include_router(pages.router(settings))
     app.mount("/static", pages.static_files(settings), name="static")
+    app.include_router(docs.router(f"{app.title} - docs", OPENAPI_URL, settings.public_url))
+    app.mount(docs.STATIC_PATH, docs.static_files(), name="docs-static")
     app.add_middleware(EdgeMiddleware)
     return app
 
