@@ -154,3 +154,23 @@ async def test_made_up_tokens_are_throttled_per_client_and_audited_with_it(app: 
         failed = await tx.audit.listing(event="reset_confirm_failed", limit=1000)
     assert len(failed) == len(confirms) > 0  # a refused try writes nothing
     assert {row.client for row in failed} == {"127.0.0.2"}
+
+
+async def test_audit_events_of_requests_say_which_client_sent_them(app: Served) -> None:
+    # An operator looking at a flood sees who sent it: the reset requests' and the sign-ups'
+    # audit events carry the client address as the per-client limits count it.
+    await app.create_user("known@example.com")
+    async with app.client_from("127.0.0.7") as flooder, app.client_from("127.0.0.8") as other:
+        for n in range(5):
+            await flooder.post("/auth/password-reset/request", json={"email": f"x{n}@example.com"})
+        await flooder.post("/auth/password-reset/request", json={"email": "known@example.com"})
+        await other.post(
+            "/auth/register", json={"email": "new@example.com", "password": NEW_PASSWORD}
+        )
+    await app.settle()
+    async with app.runtime.store.tx() as tx:
+        requested = await tx.audit.listing(event="reset_requested", limit=1000)
+        registered = await tx.audit.listing(event="account_registered", limit=1000)
+    assert len(requested) == 6
+    assert {row.client for row in requested} == {"127.0.0.7"}
+    assert [row.client for row in registered] == ["127.0.0.8"]

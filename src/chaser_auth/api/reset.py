@@ -55,7 +55,7 @@ async def record_request(runtime: Runtime, client: str, email: str) -> None:
     the request recorded durably (answered only once committed), then the worker woken."""
     limit = runtime.settings.limit("rate_limit_reset_per_ip")
     await runtime.limiter.enforce(limit, "ip", client, time.time())
-    await runtime.recovery.request(email)
+    await runtime.recovery.request(email, client)
     runtime.wake.set()
 
 

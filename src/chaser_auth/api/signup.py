@@ -41,13 +41,11 @@ REGISTERED_BODY = (
     },
 )
 async def register(body: RegisterRequest, request: Request, runtime: RuntimeDep) -> Response:
+    client = client_key(request)
     await runtime.limiter.enforce(
-        runtime.settings.limit("rate_limit_register_per_ip"),
-        "register-ip",
-        client_key(request),
-        time.time(),
+        runtime.settings.limit("rate_limit_register_per_ip"), "register-ip", client, time.time()
     )
-    await runtime.registration.register(body.email, body.password)
+    await runtime.registration.register(body.email, body.password, client)
     runtime.wake.set()
     return Response(REGISTERED_BODY, status_code=202, media_type="application/json")
 

@@ -48,6 +48,7 @@ class Note:
     event: str
     user_id: uuid.UUID | None = None
     subject: str | None = None
+    client: str | None = None  # the client address of the request, as the limits key it
 
     def event_at(self, at: datetime, detail: dict[str, Any] | None = None) -> dict[str, Any]:
         """The audit row to insert (`Audit.record_many`)."""
@@ -57,6 +58,7 @@ class Note:
             "user_id": self.user_id,
             "subject": self.subject,
             "detail": detail,
+            "client": self.client,
         }
 
 
@@ -168,8 +170,11 @@ class RecoveryService:
 
     # -- request path -------------------------------------------------------------------------
 
-    async def request(self, raw_email: str) -> None:
-        await self.intake.enqueue(RESET_REQUEST, self.clock(), {"email": raw_email})
+    async def request(self, raw_email: str, client: str) -> None:
+        """Record the request: what the client typed and the client's address (for the audit
+        trail, so an operator can see who sent a flood); both leave the row once handled."""
+        payload = {"email": raw_email, "client": client}
+        await self.intake.enqueue(RESET_REQUEST, self.clock(), payload)
 
     # -- worker -------------------------------------------------------------------------------
 
@@ -182,22 +187,23 @@ class RecoveryService:
         address key (of the raw string if it has none)."""
         now = self.clock()
         plans: dict[uuid.UUID, Letter | Skip] = {}
-        fresh: list[tuple[Job, str, str | None]] = []
+        fresh: list[tuple[Job, str, str | None, str | None]] = []
         for job in jobs:
             if job.user_id is not None:  # resolved on an earlier attempt: resend the same link
                 plans[job.id] = await self._resend(job, now)
             else:
-                raw = str((job.payload or {}).get("email", ""))
-                fresh.append((job, raw, address_key(raw)))
+                payload = job.payload or {}
+                raw, client = str(payload.get("email", "")), payload.get("client")
+                fresh.append((job, raw, address_key(raw), str(client) if client else None))
         async with self.store.tx() as tx:  # reads only: nothing to commit
-            users = await tx.users.by_keys({key for _, _, key in fresh if key})
+            users = await tx.users.by_keys({key for _, _, key, _ in fresh if key})
         # The limit is asked outside any transaction: on SQLite an open write transaction
         # would hold the request path's inserts while Redis answers.
         asking: list[tuple[Job, str, User | None, Note]] = []
-        for job, raw, key in fresh:
+        for job, raw, key, client in fresh:
             user = users.get(key) if key else None
             subject = tokens.keyed_hash(self.secret, key or raw)
-            requested = Note("reset_requested", user.id if user else None, subject)
+            requested = Note("reset_requested", user.id if user else None, subject, client)
             if not may_receive_reset(user) and not (self.notify_unknown and key and user is None):
                 plans[job.id] = Skip("no_account", (requested,))
             else:
@@ -232,11 +238,15 @@ class RecoveryService:
             live |= {user.id for _, user, _ in minting}
             for job, user, requested in over:
                 if user.id in live:
-                    suppressed = Note("reset_suppressed", user.id, requested.subject)
+                    suppressed = Note(
+                        "reset_suppressed", user.id, requested.subject, requested.client
+                    )
                     plans[job.id] = Skip("suppressed", (requested, suppressed))
                 else:
                     live.add(user.id)
-                    beyond = Note("reset_beyond_limit", user.id, requested.subject)
+                    beyond = Note(
+                        "reset_beyond_limit", user.id, requested.subject, requested.client
+                    )
                     minting.append((job, user, (requested, beyond)))
         if minting:
             # By account: two workers minting for the same accounts lock their token rows in

@@ -61,13 +61,15 @@ class RegistrationService:
 
     # -- request path -------------------------------------------------------------------------
 
-    async def register(self, raw_email: str, password: str) -> None:
+    async def register(self, raw_email: str, password: str, client: str) -> None:
         if address_key(raw_email) is None:
             raise InvalidAddress()
         self.policy.check(password, stored_form(raw_email))
         password_hash = await self.hasher.hash(password)
         await self.intake.enqueue(
-            REGISTER, self.clock(), {"email": raw_email, "password_hash": password_hash}
+            REGISTER,
+            self.clock(),
+            {"email": raw_email, "password_hash": password_hash, "client": client},
         )
 
     # -- worker -------------------------------------------------------------------------------
@@ -78,6 +80,7 @@ class RegistrationService:
             return await self._resend(job, now)
         payload = job.payload or {}
         raw, password_hash = str(payload.get("email", "")), payload.get("password_hash")
+        client = str(payload["client"]) if payload.get("client") else None
         key = address_key(raw)
         if key is None or not isinstance(password_hash, str):
             return Skip("invalid")
@@ -102,9 +105,9 @@ class RegistrationService:
                 event = "account_registered_again"
             else:
                 await tx.outbox.resolve_many([(job.id, user.id)])  # forgets the address, hash
-                await tx.audit.record("register_existing", now, user_id=user.id)
+                await tx.audit.record("register_existing", now, user_id=user.id, client=client)
                 return self._exists_letter(user) if user.is_active else Skip("account_disabled")
-            await tx.audit.record(event, now, user_id=user.id)
+            await tx.audit.record(event, now, user_id=user.id, client=client)
             [token] = await mint_links(
                 tx,
                 tx.verify_tokens,
