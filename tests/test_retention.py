@@ -146,3 +146,37 @@ async def test_housekeeping_purges_a_backlog_larger_than_one_chunk(app: Served) 
     await app.settle()
     assert await app.runtime.audit_retention() == rows
     assert await audit_state(app) == [("reset_requested", None)]
+
+
+async def test_a_sign_up_nobody_confirms_leaves_when_its_link_expires(app: Served) -> None:
+    ttl = app.settings.verify_token_ttl
+    await app.create_user("verified@example.com")
+    for email in ("ghost@example.com", "late@example.com"):
+        sign_up = {"email": email, "password": "correct horse battery staple 7"}
+        assert (await app.client.post("/auth/register", json=sign_up)).status_code == 202
+    await app.settle()
+
+    # Signed up again half a link lifetime later: the newest sign-up's link is what counts.
+    app.clock.advance(ttl // 2)
+    sign_up = {"email": "late@example.com", "password": "a much better passphrase, 2026"}
+    assert (await app.client.post("/auth/register", json=sign_up)).status_code == 202
+    await app.settle()
+
+    async def emails() -> set[str]:
+        return {user.email for user in await app.runtime.accounts.listing()}
+
+    app.clock.advance(ttl - ttl // 2)
+    await app.runtime.housekeeping()
+    assert await emails() == {"verified@example.com", "ghost@example.com", "late@example.com"}
+    app.clock.advance(1)
+    await app.runtime.housekeeping()
+    assert await emails() == {"verified@example.com", "late@example.com"}
+    app.clock.advance(ttl // 2)
+    await app.runtime.housekeeping()
+    assert await emails() == {"verified@example.com"}
+
+    # The address is free again: a new sign-up makes a new account with a working link.
+    sign_up = {"email": "ghost@example.com", "password": "correct horse battery staple 7"}
+    assert (await app.client.post("/auth/register", json=sign_up)).status_code == 202
+    await app.settle()
+    assert await emails() == {"verified@example.com", "ghost@example.com"}

@@ -155,6 +155,14 @@ class Runtime:
             lambda tx: tx.outbox.purge_done(before, unmatched, PURGE_CHUNK)
         )
 
+    async def pending_sign_up_expiry(self) -> int:
+        """Delete accounts never verified whose newest sign-up's link has expired
+        (CHASER_AUTH_VERIFY_TOKEN_TTL): a sign-up nobody confirms leaves nothing behind, so a
+        flood of sign-ups for made-up addresses does not grow the accounts table, and the
+        address is free again. How many went."""
+        before = self.clock() - timedelta(seconds=self.settings.verify_token_ttl)
+        return await self._in_chunks(lambda tx: tx.users.purge_unverified(before, PURGE_CHUNK))
+
     async def _in_chunks(self, purge: Callable[[Tx], Awaitable[int]]) -> int:
         """Run `purge` (which deletes up to `PURGE_CHUNK` rows) a transaction at a time until
         less than a chunk is left: an hour of a flood can be a million rows, and one
@@ -169,10 +177,11 @@ class Runtime:
                 return total
 
     async def housekeeping(self) -> None:
-        """The worker's hourly chores: audit and outbox retention, and limit hits past their
-        window."""
+        """The worker's hourly chores: audit and outbox retention, sign-ups never verified,
+        and limit hits past their window."""
         await self.audit_retention()
         await self.outbox_retention()
+        await self.pending_sign_up_expiry()
         window = self.settings.limit("rate_limit_reset_per_address").get_expiry()
         before = self.clock() - timedelta(seconds=max(window, 86400))
         async with self.store.tx() as tx:

@@ -196,6 +196,17 @@ class Users:
     async def listing(self) -> Sequence[User]:
         return (await self.db.scalars(select(User).order_by(User.created_at, User.email))).all()
 
+    async def purge_unverified(self, before: datetime, limit: int) -> int:
+        """Delete up to `limit` accounts never verified whose newest sign-up is from before
+        `before` (their sessions and links go with them); how many went."""
+        table = _table(User)
+        doomed = (
+            select(table.c.id)
+            .where(table.c.email_verified.is_(False), table.c.created_at < before)
+            .limit(limit)
+        )
+        return _rowcount(await self.db.execute(delete(table).where(table.c.id.in_(doomed))))
+
     async def replace_hash(self, user_id: uuid.UUID, password_hash: str) -> None:
         await self.db.execute(
             update(User).where(User.id == user_id).values(password_hash=password_hash)
