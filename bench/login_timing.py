@@ -14,11 +14,11 @@ median, p90 and p99 in ms; median(a) - median(b) in ms and %; the Mann-Whitney U
 p-value (same test as timing_leak.py); whether the (a) and (b) answers were the same bytes
 apart from `date`/`x-request-id`. Exits 1 if any answer had another status than expected.
 
-Settings: everything default except `CHASER_AUTH_RATE_LIMIT_LOGIN=1000000/minute` (and the
-reset per-IP limit `chaser_env` raises), so the failed-login throttle never answers 429. Its
-key is account + client; (a) and (c) go round-robin over `--accounts` accounts and (b) over as
-many addresses without one, of the same length, so both failing groups put the same number of
-hits on the same number of keys.
+Settings: everything default except the login limits `CHASER_AUTH_RATE_LIMIT_LOGIN` (failures
+per account + client), `..._LOGIN_PER_IP` and `..._LOGIN_PER_ACCOUNT`, raised to 1000000 per
+window (and the reset per-IP limit `chaser_env` raises), so no request meets a 429. (a) and (c)
+go round-robin over `--accounts` accounts and (b) over as many addresses without one, of the
+same length, so both failing groups put the same number of hits on the same number of keys.
 
 Accounts are created in one process at the server's production argon2 cost
 (`create_accounts_in_one_process(..., production_cost=True)`, ~0.15 s per account); the stored
@@ -73,6 +73,7 @@ GROUPS = {
     "b": ("unknown account", 401),
     "c": ("existing account, right password", 200),
 }
+RAISED = "1000000/minute"
 
 
 @dataclass
@@ -212,7 +213,12 @@ def main() -> int:
     server: Server | None = None
     errors = 0
     try:
-        env = chaser_env(root, CHASER_AUTH_RATE_LIMIT_LOGIN="1000000/minute")
+        env = chaser_env(
+            root,
+            CHASER_AUTH_RATE_LIMIT_LOGIN=RAISED,
+            CHASER_AUTH_RATE_LIMIT_LOGIN_PER_IP=RAISED,
+            CHASER_AUTH_RATE_LIMIT_LOGIN_PER_ACCOUNT=RAISED,
+        )
         server = start_chaser("chaser-auth", root, env)
         # Same length and domain for both kinds, so the bodies differ only in a few letters.
         wanted = [f"acct-{i:05d}@example.com" for i in range(args.accounts)]
