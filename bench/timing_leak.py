@@ -15,7 +15,7 @@ identical, and two secondary splits: by the kind of the *previous* request (the 
 worker handles request i while request i+1 is being answered), and existing addresses that
 were mailed vs suppressed.
 
-    .venv/bin/python bench/timing_leak.py [--existing 2000] [--unknown 2000] [--accounts 60]
+    .venv/bin/python bench/timing_leak.py [--existing 2000] [--unknown 2000] [--accounts 100]
 """
 
 from __future__ import annotations
