@@ -32,7 +32,7 @@ from tests.conftest import LINK, NEW_PASSWORD, PASSWORD, Received, Smtp, free_po
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = Path(sys.executable).parent / "chaser-auth"
-README = ROOT / "README.md"
+COMMANDS_PAGE = ROOT / "docs" / "operations.md"
 T = TypeVar("T")
 
 CHEAP = {
@@ -553,12 +553,13 @@ def test_outbox_purge_deletes_finished_and_dead_messages_and_keeps_queued_ones(
 # -- help ---------------------------------------------------------------------------------------
 
 
-def readme_commands() -> list[str]:
-    """The lines of the README's Commands block, without the `chaser-auth` prefix or comments."""
-    text = README.read_text(encoding="utf-8")
+def documented_commands() -> list[str]:
+    """The lines of the Commands block in docs/operations.md, without the `chaser-auth` prefix
+    or comments."""
+    text = COMMANDS_PAGE.read_text(encoding="utf-8")
     section = text.split("## Commands", 1)[1]
     block = re.search(r"```\n(.*?)\n```", section, re.DOTALL)
-    assert block, "no code block in the README's Commands section"
+    assert block, "no code block in the Commands section of docs/operations.md"
     lines = []
     for line in block.group(1).splitlines():
         command = line.split("#", 1)[0].strip()
@@ -567,11 +568,11 @@ def readme_commands() -> list[str]:
     return lines
 
 
-def test_help_mentions_every_command_and_flag_in_the_readme(tmp_path: Path) -> None:
-    commands = readme_commands()
+def test_help_mentions_every_command_and_flag_in_the_docs(tmp_path: Path) -> None:
+    commands = documented_commands()
     names = list(dict.fromkeys(line.split()[0] for line in commands))
     assert names == ["serve", "worker", "migrate", "users", "outbox", "audit", "doctor"]
-    # What each README line promises: {help invocation: words its output must contain}.
+    # What each documented line promises: {help invocation: words its output must contain}.
     promised: dict[tuple[str, ...], set[str]] = {(): set(names)}
     for line in commands:
         name, _, rest = line.partition(" ")
