@@ -1,6 +1,7 @@
 """Settings: read once from the environment (and `.env`), then passed in — never a module global.
 
-Every field maps to `CHASER_AUTH_<FIELD>`; the README's configuration table is this class.
+Every field maps to `CHASER_AUTH_<FIELD>`, and its `description` is what docs/configuration.md
+says about it: `python -m chaser_auth.config_reference` writes that page from this class.
 """
 
 from __future__ import annotations
@@ -57,56 +58,243 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    database_url: str = "sqlite+aiosqlite:///./var/chaser-auth.db"
-    redis_url: str | None = None
-    redis_key_prefix: str = "chaser-auth"
-    smtp_url: str | None = None
-    smtp_timeout: Annotated[float, Field(gt=0)] = 10.0
-    mail_from: str = "Chaser <no-reply@localhost>"
-    mail_dir: Path = Path("./var/mail")
-    templates_dir: Path | None = None
-    public_url: str = "http://localhost:8000"
-    # Where /metrics (and /healthz, /readyz) are served apart from the public API; "" = off.
-    operator_address: str = "127.0.0.1:8001"
-    app_url: str | None = None
-    secret_key: SecretStr | None = None
-    secret_key_file: Path = Path("./var/secret_key")
+    database_url: str = Field(
+        default="sqlite+aiosqlite:///./var/chaser-auth.db",
+        description="SQLite (embedded; a new file is created mode 600, its folder 700) or "
+        "`postgresql+asyncpg://…`",
+    )
+    redis_url: str | None = Field(
+        default=None,
+        description="shared rate limits through Redis; unset = the per-address mail limit in "
+        "the database, the others in process memory (see [Deployment](deployment.md))",
+    )
+    redis_key_prefix: str = Field(
+        default="chaser-auth",
+        description="prefix of every Redis key, for deployments that share one Redis",
+    )
+    smtp_url: str | None = Field(
+        default=None,
+        description="`smtp://[user:pass@]host:port`, `smtp+starttls://…`, `smtps://…`; unset = "
+        "each message becomes a file in `CHASER_AUTH_MAIL_DIR`. A worker keeps up to 16 "
+        "connections open for its next messages (reused within 30 s, 100 messages each), so a "
+        "burst of mail does not pay a TCP and TLS handshake per message",
+    )
+    smtp_timeout: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="seconds the relay has for each step of a conversation (connecting, "
+            "each command)",
+        ),
+    ] = 10.0
+    mail_from: str = Field(
+        default="Chaser <no-reply@localhost>",
+        description="From header; its display name is the brand name the pages show",
+    )
+    mail_dir: Path = Field(
+        default=Path("./var/mail"),
+        description="where `.eml` files go when no SMTP URL is set (created mode 700, each "
+        "file 600)",
+    )
+    templates_dir: Path | None = Field(
+        default=None,
+        description="a folder whose files override the email templates of the same name, and "
+        "the pages' templates (`pages/`) and stylesheet (`static/chaser-auth.css`) — see "
+        "[Branding](branding.md)",
+    )
+    public_url: str = Field(
+        default="http://localhost:8000",
+        description="base of every link in every email; never taken from a request",
+    )
+    operator_address: str = Field(
+        default="127.0.0.1:8001",
+        description="`host:port` (IPv6 in brackets) of the operator listener: `/metrics`, "
+        "`/healthz`, `/readyz` ([the operator listener](deployment.md#the-operator-listener)); "
+        "empty = off; port 0 = any free port (one process only)",
+    )
+    app_url: str | None = Field(
+        default=None,
+        description='where the pages send a person after success (a "Continue" link); '
+        "without it the page says to sign in",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="the server secret (HMAC key for tokens); unset = read from "
+        "`CHASER_AUTH_SECRET_KEY_FILE`. At least 32 characters whose Shannon estimate (length "
+        "× the entropy of the key's own character frequencies) reaches 128 bits, else the "
+        "process refuses to start; the estimate catches keys of one or a few characters "
+        "repeated (`aaaa…`, `abab…`), not patterns such as `0123…`. Generate one with "
+        "`python3 -c 'import secrets; print(secrets.token_urlsafe(32))'` (about 210 bits "
+        "estimated) or `openssl rand -hex 32`; 32 hex characters (`openssl rand -hex 16`) "
+        "cannot reach the estimate",
+    )
+    secret_key_file: Path = Field(
+        default=Path("./var/secret_key"),
+        description="generated once, mode 600, when no key is set; a key put there by hand "
+        "must pass the same checks",
+    )
 
-    reset_token_ttl: Annotated[int, Field(gt=0)] = 1800
-    verify_token_ttl: Annotated[int, Field(gt=0)] = 86400
-    session_idle_ttl: Annotated[int, Field(gt=0)] = 604800
-    session_max_ttl: Annotated[int, Field(gt=0)] = 2592000
+    reset_token_ttl: Annotated[int, Field(gt=0, description="seconds a reset link stays valid")] = (
+        1800
+    )
+    verify_token_ttl: Annotated[
+        int,
+        Field(
+            gt=0,
+            description="seconds an email-verification link stays valid; an account whose "
+            "newest sign-up's link expired unconfirmed is deleted by the worker's hourly chores",
+        ),
+    ] = 86400
+    session_idle_ttl: Annotated[
+        int, Field(gt=0, description="seconds a session lives without being used")
+    ] = 604800
+    session_max_ttl: Annotated[
+        int, Field(gt=0, description="seconds a session lives at most, used or not")
+    ] = 2592000
 
-    rate_limit_reset_per_ip: str = "10/minute"
-    rate_limit_reset_per_address: str = "3/hour"
-    rate_limit_login: str = "10/minute"
-    rate_limit_login_per_ip: str = "30/minute"
-    rate_limit_login_per_account: str = "100/hour"
-    rate_limit_token_per_ip: str = "30/minute"  # noqa: S105 - a rate, not a secret
-    rate_limit_register_per_ip: str = "20/hour"
-    trusted_proxies: str | None = None
+    rate_limit_reset_per_ip: str = Field(
+        default="10/minute", description="reset requests per client address"
+    )
+    rate_limit_reset_per_address: str = Field(
+        default="3/hour",
+        description="emails sent to one address by reset requests and sign-ups together; "
+        "beyond it, an account with no working reset link still gets one (at most one per "
+        "`CHASER_AUTH_RESET_TOKEN_TTL`, see "
+        "[Security decisions](security.md#security-decisions))",
+    )
+    rate_limit_login: str = Field(
+        default="10/minute",
+        description="failed logins per account and client address (wrong current passwords "
+        "on `password/change` count the same way)",
+    )
+    rate_limit_login_per_ip: str = Field(
+        default="30/minute",
+        description="login attempts per client address, whatever the account (each costs an "
+        "argon2 verification)",
+    )
+    rate_limit_login_per_account: str = Field(
+        default="100/hour",
+        description="login attempts at one address (as typed, normalised — known or not) from "
+        "all clients together, counted until one succeeds; a successful password reset starts "
+        "it afresh (NIST SP 800-63B: at most 100 consecutive failures)",
+    )
+    rate_limit_token_per_ip: str = Field(
+        default="30/minute",
+        description="tries per client address at the endpoints that take a link's token "
+        "(`password-reset/confirm`, `password-reset/verify`, `verify-email`), counted together",
+    )
+    rate_limit_register_per_ip: str = Field(
+        default="20/hour", description="sign-ups per client address (each one hashes a password)"
+    )
+    trusted_proxies: str | None = Field(
+        default=None,
+        description="comma-separated addresses/networks whose `X-Forwarded-For` is believed",
+    )
 
-    password_min_length: Annotated[int, Field(ge=8, le=128)] = 15
-    notify_unknown: bool = False
+    password_min_length: Annotated[
+        int,
+        Field(
+            ge=8,
+            le=128,
+            description="NIST SP 800-63B Rev 4 minimum for a single-factor password",
+        ),
+    ] = 15
+    notify_unknown: bool = Field(
+        default=False,
+        description="tell an address with no account that someone asked (same per-address limit)",
+    )
 
-    mail_max_attempts: Annotated[int, Field(ge=1)] = 8
-    mail_retry_base: Annotated[float, Field(gt=0)] = 5.0
-    mail_retry_max: Annotated[float, Field(gt=0)] = 3600.0
-    mail_rate: str | None = None
-    worker_poll_interval: Annotated[float, Field(gt=0)] = 1.0
-    worker_lease: Annotated[int, Field(gt=0)] = 120
-    embedded_worker: bool = True
+    mail_max_attempts: Annotated[
+        int,
+        Field(ge=1, description="delivery attempts before a message becomes a dead letter"),
+    ] = 8
+    mail_retry_base: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="backoff in seconds: base × 2^(attempt−1), capped at "
+            "`CHASER_AUTH_MAIL_RETRY_MAX`, with equal jitter",
+        ),
+    ] = 5.0
+    mail_retry_max: Annotated[
+        float, Field(gt=0, description="the longest backoff between two attempts, seconds")
+    ] = 3600.0
+    mail_rate: str | None = Field(
+        default=None,
+        description="cap on messages sent per period by all workers (e.g. `600/minute`); "
+        "excess waits",
+    )
+    worker_poll_interval: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="seconds a worker sleeps when idle at most; it is woken at once by "
+            "requests in its own process and, on PostgreSQL, by `NOTIFY` from any process",
+        ),
+    ] = 1.0
+    worker_lease: Annotated[
+        int,
+        Field(
+            gt=0,
+            description="seconds a claimed message stays with one worker before another may "
+            "take it over; the worker renews it every quarter of it while the message is "
+            "still with the relay",
+        ),
+    ] = 120
+    embedded_worker: bool = Field(
+        default=True, description="run the worker inside `serve` (`--no-worker` sets it to false)"
+    )
 
     # argon2id cost (RFC 9106 "second recommended option" by default: t=3, m=64 MiB, p=4).
-    argon2_time_cost: Annotated[int, Field(ge=1)] = 3
-    argon2_memory_cost: Annotated[int, Field(ge=8)] = 65536
-    argon2_parallelism: Annotated[int, Field(ge=1)] = 4
+    argon2_time_cost: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="argon2id passes over memory (RFC 9106); raised costs upgrade hashes "
+            "at the next login",
+        ),
+    ] = 3
+    argon2_memory_cost: Annotated[
+        int, Field(ge=8, description="argon2id memory in KiB (65536 = 64 MiB)")
+    ] = 65536
+    argon2_parallelism: Annotated[int, Field(ge=1, description="argon2id lanes")] = 4
 
-    log_level: str = "INFO"
-    log_format: Literal["json", "text"] = "json"
-    audit_retention_days: Annotated[int, Field(ge=1)] = 90
-    outbox_retention_hours: Annotated[int, Field(ge=1)] = 168
-    unmatched_retention_hours: Annotated[int, Field(ge=1)] = 24
+    log_level: str = Field(
+        default="INFO", description="log level: `DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL`"
+    )
+    log_format: Literal["json", "text"] = Field(
+        default="json",
+        description="`serve` and `worker` write one JSON object per line to stdout (`time`, "
+        "`level`, `logger`, `message`, `request_id`, and fields such as `method`, `path`, "
+        "`status`, `duration_ms`); `text` for plain lines. Other commands log text to stderr",
+    )
+    audit_retention_days: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="audit events older than this are deleted (hourly by workers, or "
+            "`chaser-auth audit purge`)",
+        ),
+    ] = 90
+    outbox_retention_hours: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="finished outbox rows (mail sent, or a request that needed none) "
+            "older than this are deleted, hourly by workers; dead letters stay until "
+            "`outbox retry` or `outbox purge`",
+        ),
+    ] = 168
+    unmatched_retention_hours: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="audit events and finished outbox rows that name no account — a reset "
+            "request for an address with no account, a confirm with an unknown token — are "
+            "deleted after this instead (see "
+            "[What a flood leaves behind](operations.md#what-a-flood-leaves-behind))",
+        ),
+    ] = 24
 
     @field_validator(
         "rate_limit_reset_per_ip",
