@@ -62,8 +62,9 @@ def test_a_predictable_secret_is_refused_however_long(tmp_path: Path, key: str) 
 
 
 def test_every_generated_key_is_accepted(tmp_path: Path) -> None:
-    """The key the service generates (and the README's command prints) always passes: 1,000
-    fresh ones through the settings (2-3 ms each), and the rule's estimate over 50,000 more."""
+    """The key the service generates (and the command in docs/configuration.md prints) always
+    passes: 1,000 fresh ones through the settings (2-3 ms each), and the rule's estimate over
+    50,000 more."""
     for _ in range(1_000):
         key = secrets.token_urlsafe(32)
         assert settings(tmp_path, secret_key=key).secret_key is not None

@@ -1,7 +1,7 @@
 """The seed document's SDK snippets, run verbatim against a real `chaser-auth serve` on port 8000.
 
 The snippets are read from the seed's markdown fences (never copied here); the only change is
-the host, `https://api.chaser.sh` → `http://localhost:8000`, as the README promises. Mail goes
+the host, `https://api.chaser.sh` → `http://localhost:8000`, as docs/api.md promises. Mail goes
 to the conftest aiosmtpd sink, so "an email was sent" is a message that really arrived.
 """
 

@@ -1,6 +1,6 @@
 """`chaser-auth` — serve the API, run the delivery worker, migrate, manage accounts and the outbox.
 
-Configuration comes from CHASER_AUTH_* environment variables and `.env` (see README)."""
+Configuration comes from CHASER_AUTH_* environment variables and `.env` (docs/configuration.md)."""
 
 from __future__ import annotations
 

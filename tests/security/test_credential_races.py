@@ -1,5 +1,5 @@
 """A credential change locks out everything that authenticated with the old credential — also
-requests that were in flight while it was made (README, "Security decisions").
+requests that were in flight while it was made (docs/security.md, "Security decisions").
 
 Real concurrent clients over HTTP, from distinct loopback addresses (each stands for a host),
 on SQLite and on PostgreSQL with Redis. The argon2 cost is raised from the tests' usual

@@ -1,5 +1,5 @@
-"""Guessing budgets (README, "Configuration" and "Security decisions"): per client across
-accounts for logins, per account across every client, per client for every endpoint that
+"""Guessing budgets (docs/configuration.md; docs/security.md, "Security decisions"): per client
+across accounts for logins, per account across every client, per client for every endpoint that
 takes a link's token — each a 429 that reads the same for a known and an unknown address.
 
 Real concurrent clients over HTTP from distinct loopback addresses, on SQLite with process

@@ -376,7 +376,7 @@ class RecoveryService:
             async with self.store.tx() as tx:  # the audit trail sees link guessing
                 await tx.audit.record("reset_confirm_failed", self.clock(), client=client)
             raise
-        # Policy before consuming: a refused password leaves the link usable (README, "HTTP API").
+        # Policy before consuming: a refused password leaves the link usable (docs/api.md).
         self.policy.check(password, user.email)
         password_hash = await self.hasher.hash(password)
         now = self.clock()
