@@ -36,7 +36,7 @@ ROOT = BENCH_DIR.parent
 VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = VENV_BIN / "python"
 CHASER = VENV_BIN / "chaser-auth"
-SEED_PATH = "/auth/password-reset/request"  # the seed endpoint
+RESET_REQUEST_PATH = "/auth/password-reset/request"  # the reset request
 PASSWORD = "correct horse battery staple 7"  # noqa: S105 - a throwaway bench account password
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 VOLATILE_HEADERS = {b"date", b"x-request-id"}  # differ on every answer by design
@@ -422,7 +422,7 @@ class Load:
     warmup: float  # unmeasured seconds before, a separate generator run
     use_wrk: bool  # wrk (a Lua script for the POST bodies), else bench/loadgen.py
     max_requests: int = 300_000  # loadgen.py's cap per run
-    path: str = SEED_PATH
+    path: str = RESET_REQUEST_PATH
 
     @property
     def generator(self) -> str:

@@ -1,4 +1,4 @@
-"""The "ceiling": the cheapest app that still does what the seed endpoint must do on the wire.
+"""The "ceiling": the cheapest app that still does what the reset request must do on the wire.
 
 A bare Starlette app (no FastAPI, no database, no middleware) with one route,
 `POST /auth/password-reset/request`: parse the JSON body `{"email": ...}`, answer

@@ -1,4 +1,4 @@
-"""Request → SMTP receipt latency of the seed endpoint, `POST /auth/password-reset/request`.
+"""Request → SMTP receipt latency of the reset request, `POST /auth/password-reset/request`.
 
 An in-process aiosmtpd server records when each message arrives (`time.time()` as its DATA is
 received), with its To and Message-ID. `chaser-auth serve` (embedded SQLite, in-process
@@ -11,7 +11,7 @@ database:
 
 1. **idle**: one request at a time on one keep-alive connection; the next is sent once the
    previous one's mail has arrived (or timed out);
-2. **under load**: while wrk (or `loadgen.py`) drives the seed endpoint with unknown addresses
+2. **under load**: while wrk (or `loadgen.py`) drives the reset request with unknown addresses
    on `--connections` connections for `--duration` s, as in `seed_throughput.py`, the measured
    requests go out on a schedule, evenly spread over the load, taking turns on 4 keep-alive
    connections of their own (one request at a time on each), without waiting for their mail.
@@ -50,7 +50,7 @@ from typing import Any
 
 from _harness import (
     HOST,
-    SEED_PATH,
+    RESET_REQUEST_PATH,
     Load,
     Server,
     chaser_env,
@@ -147,7 +147,7 @@ class Client:
     def post(self, address: str) -> Sample:
         body = json.dumps({"email": address}).encode()
         payload = (
-            f"POST {SEED_PATH} HTTP/1.1\r\nHost: {HOST}:{self.port}\r\n"
+            f"POST {RESET_REQUEST_PATH} HTTP/1.1\r\nHost: {HOST}:{self.port}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
         ).encode() + body
         sent = time.time()
@@ -418,8 +418,8 @@ def main() -> int:
     # (a name lookup on the sink's event loop, which would count as delivery latency here).
     controller = Controller(sink, hostname=HOST, port=smtp_port, server_hostname="localhost")
     print(
-        f"delivery latency on {HOST}: POST {SEED_PATH} -> SMTP receipt (aiosmtpd in the bench "
-        f"process), {args.samples} measured requests per variant, one account each, after "
+        f"delivery latency on {HOST}: POST {RESET_REQUEST_PATH} -> SMTP receipt (aiosmtpd in the "
+        f"bench process), {args.samples} measured requests per variant, one account each, after "
         f"{WARMUP_REQUESTS} unrecorded; background load {load.generator} {args.connections} "
         f"connections {args.duration:g} s with unknown addresses; lost = no mail within "
         f"{args.timeout:g} s; uvicorn {uvicorn_impl()}; {os.cpu_count()} CPUs, load average "

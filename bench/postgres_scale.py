@@ -1,4 +1,4 @@
-"""Throughput of the seed endpoint on PostgreSQL with 1, 2 and 4 API processes, against a ceiling.
+"""Throughput of the reset request on PostgreSQL with 1, 2 and 4 API processes, against a ceiling.
 
 One command, one run, the same load generator and settings throughout:
 

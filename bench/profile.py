@@ -1,4 +1,4 @@
-"""Where a seed request's time goes: `chaser-auth serve` under load, sampled by py-spy.
+"""Where a reset request's time goes: `chaser-auth serve` under load, sampled by py-spy.
 
 One command: a fresh `serve` (default settings as in the other benches, `--no-worker` on
 request), accounts for the `existing` variant, a warm-up, then the load generator for
@@ -41,7 +41,7 @@ from _harness import (
 )
 
 SPY = Path(PYTHON).parent / "py-spy"
-# Frames worth a line of their own: ours, and the layers a seed request passes through.
+# Frames worth a line of their own: ours, and the layers a reset request passes through.
 WATCH = re.compile(
     r"\((chaser_auth/|fastapi/applications|starlette/applications|uvicorn/protocols|"
     r"sqlalchemy/orm/session|aiosqlite/|logging/__init__|limits/aio/|pythonjsonlogger/|"

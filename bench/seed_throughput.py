@@ -1,4 +1,4 @@
-"""Throughput of the seed endpoint, `POST /auth/password-reset/request`, against a ceiling.
+"""Throughput of the reset request endpoint, `POST /auth/password-reset/request`, against a ceiling.
 
 One command, one run, the same server settings throughout (uvicorn, one process, the loop and
 HTTP implementation uvicorn picks by itself, access log and server header off):

@@ -35,7 +35,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from _harness import HOST, PYTHON, SEED_PATH, free_port, kill_quietly  # noqa: E402
+from _harness import HOST, PYTHON, RESET_REQUEST_PATH, free_port, kill_quietly  # noqa: E402
 
 PER_CLIENT_INTERVAL = 6.5  # seconds between one client's requests: 9.2 a minute, under 10
 
@@ -50,7 +50,7 @@ def client_address(i: int) -> str:
 async def one_request(port: int, source: str, statuses: Counter[str]) -> None:
     body = json.dumps({"email": f"nobody-{uuid.uuid4().hex[:12]}@example.com"}).encode()
     head = (
-        f"POST {SEED_PATH} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+        f"POST {RESET_REQUEST_PATH} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         "Connection: close\r\n\r\n"
     ).encode()

@@ -1,4 +1,4 @@
-"""Does the seed endpoint's answer time tell whether an account exists?
+"""Does the reset request endpoint's answer time tell whether an account exists?
 
 Against a fresh `chaser-auth serve` (per-IP limit set out of the way), one keep-alive
 connection sends `POST /auth/password-reset/request` one request at a time: `--existing`

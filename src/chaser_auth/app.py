@@ -20,7 +20,7 @@ from starlette.types import ASGIApp
 from chaser_auth import __version__
 from chaser_auth.api import accounts, errors, health, reset, signup
 from chaser_auth.api.deps import parse_proxies
-from chaser_auth.api.fastpath import SeedLane
+from chaser_auth.api.fastpath import RequestLane
 from chaser_auth.api.middleware import EdgeMiddleware
 from chaser_auth.api.operator import OperatorListener, bind, create_operator_app
 from chaser_auth.config import Settings
@@ -39,14 +39,15 @@ Every error has one shape: `{"error": {"code", "message", "details"}}`."""
 
 
 class ChaserAPI(FastAPI):
-    """FastAPI with the seed endpoint's lane (`api.fastpath.SeedLane`) in front of its whole
-    middleware stack, error middleware included: the lane answers the everyday seed request
+    """FastAPI with the reset request's lane (`api.fastpath.RequestLane`) in front of its whole
+    middleware stack, error middleware included: the lane answers the everyday reset request
     and hands everything else to the stack."""
 
     def build_middleware_stack(self) -> ASGIApp:
         stack = super().build_middleware_stack()
-        route = next(r for r in reset.router.routes if getattr(r, "path", None) == reset.SEED_PATH)
-        return SeedLane(stack, route)
+        path = reset.RESET_REQUEST_PATH
+        route = next(r for r in reset.router.routes if getattr(r, "path", None) == path)
+        return RequestLane(stack, route)
 
 
 def create_app(
@@ -73,9 +74,9 @@ def create_app(
                 task = asyncio.create_task(runtime.worker().run(stop))
             # What start-up built (modules, models, the runtime) lives as long as the process:
             # out of the collector's sight, a full collection under load no longer walks it all
-            # and stops the event loop for tens of milliseconds (the p99 of the seed bench:
-            # 70 ms with, 11 ms without). Python's documented `gc.freeze`; objects made later
-            # are collected.
+            # and stops the event loop for tens of milliseconds (the tail latency of the reset
+            # request under load). Python's documented `gc.freeze`; objects made later are
+            # collected.
             gc.collect()
             gc.freeze()
             try:

@@ -402,7 +402,7 @@ def _is_ip(text: str) -> bool:
 
 @functools.lru_cache(maxsize=64)
 def _parse_limit(text: str) -> RateLimitItem:
-    # Cached: the seed endpoint asks for its limit on every request, and parsing is not free.
+    # Cached: the reset request asks for its limit on every request, and parsing is not free.
     return parse(text)
 
 

@@ -1,4 +1,4 @@
-"""The seed endpoint answers only after its request is committed, shares commits under load
+"""The reset request endpoint answers only after its request is committed, shares commits under load
 (group commit), and fails loudly — never with a 200 — when the commit fails."""
 
 from __future__ import annotations

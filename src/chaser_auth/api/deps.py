@@ -40,7 +40,7 @@ def client_key(request: Request) -> str:
 
 
 def scope_client_key(scope: Scope) -> str:
-    """`client_key` from the ASGI scope (for the seed lane, which builds no `Request`)."""
+    """`client_key` from the ASGI scope (for the request lane, which builds no `Request`)."""
     return _limit_unit(scope_client_address(scope))
 
 
@@ -84,7 +84,7 @@ _V4_MAPPED = bytes(10) + b"\xff\xff"
 def _packed(address: str) -> bytes | None:
     """The address as 4 or 16 bytes, or None when it is not an IP address. Parsed by the C
     library: `ipaddress` parses in Python, at several microseconds an address — more than the
-    rest of a seed request's limit check — and a flood from many addresses defeats any cache
+    rest of a reset request's limit check — and a flood from many addresses defeats any cache
     in front of it. An IPv6 zone ("%eth0") is dropped: the address is the same host."""
     try:
         if ":" in address:

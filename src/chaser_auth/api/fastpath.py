@@ -1,9 +1,9 @@
-"""The seed endpoint's everyday request, in front of the whole stack.
+"""The reset request's everyday case, answered in front of the whole stack.
 
 `POST /auth/password-reset/request` is the endpoint a flood hits, and every layer of the stack
 (FastAPI's error and exception middleware, our edge middleware's per-request closure, routing,
 dependency solving, response building) costs several times the work the request itself needs.
-So `SeedLane` sits outside all of them and answers the one ordinary case itself: a JSON body,
+So `RequestLane` sits outside all of them and answers the one ordinary case itself: a JSON body,
 declared with its length and at most `MAX_BODY` bytes, that validates as `PasswordResetRequest`
 (the same pydantic model). It does what the edge middleware does for every request — request
 id, the common headers, metrics by route template, the access log, and a bare 500 in the one
@@ -33,7 +33,7 @@ from chaser_auth.api.middleware import (
     replay,
     send_error,
 )
-from chaser_auth.api.reset import REQUESTED_BODY, SEED_PATH, record_request
+from chaser_auth.api.reset import REQUESTED_BODY, RESET_REQUEST_PATH, record_request
 from chaser_auth.api.schemas import PasswordResetRequest
 from chaser_auth.errors import ChaserError, InternalError
 from chaser_auth.logs import request_id as current_request_id
@@ -44,13 +44,19 @@ _ANSWER_HEADERS = [
 ]
 
 
-class SeedLane:
+class RequestLane:
     def __init__(self, app: ASGIApp, route: BaseRoute) -> None:
         self.app = app  # the full stack
-        self.template: str = getattr(route, "path", SEED_PATH)  # the route's name in metrics
+        self.template: str = getattr(
+            route, "path", RESET_REQUEST_PATH
+        )  # the route's name in metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != SEED_PATH or scope["method"] != "POST":
+        if (
+            scope["type"] != "http"
+            or scope["path"] != RESET_REQUEST_PATH
+            or scope["method"] != "POST"
+        ):
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()

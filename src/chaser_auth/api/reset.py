@@ -20,7 +20,7 @@ from chaser_auth.api.schemas import (
 from chaser_auth.runtime import Runtime
 
 router = APIRouter(prefix="/auth/password-reset", tags=["subpackage_auth"])
-SEED_PATH = "/auth/password-reset/request"
+RESET_REQUEST_PATH = "/auth/password-reset/request"
 
 # One constant body for every address — known, unknown, malformed, throttled — so the bytes
 # cannot differ (SPEC §2.1). It is pre-encoded: nothing per request goes into it.
@@ -32,7 +32,7 @@ REQUESTED_BODY = REQUESTED.model_dump_json().encode()
 
 
 @router.post(
-    SEED_PATH.removeprefix(router.prefix),
+    RESET_REQUEST_PATH.removeprefix(router.prefix),
     operation_id="request-password-reset",
     summary="Request Password Reset",
     response_model=MessageResponse,
@@ -44,14 +44,14 @@ REQUESTED_BODY = REQUESTED.model_dump_json().encode()
 async def request_password_reset(
     body: PasswordResetRequest, request: Request, runtime: RuntimeDep
 ) -> Response:
-    # The everyday request does not come here: `fastpath.SeedLane` answers it. This route
+    # The everyday request does not come here: `fastpath.RequestLane` answers it. This route
     # serves the rest (an unusual content type) and describes the endpoint in OpenAPI.
     await record_request(runtime, client_key(request), body.email)
     return Response(REQUESTED_BODY, media_type="application/json")
 
 
 async def record_request(runtime: Runtime, client: str, email: str) -> None:
-    """The seed endpoint's work, whichever way the request came: the per-client limit, then
+    """The reset request's work, whichever way the request came: the per-client limit, then
     the request recorded durably (answered only once committed), then the worker woken."""
     limit = runtime.settings.limit("rate_limit_reset_per_ip")
     await runtime.limiter.enforce(limit, "ip", client, time.time())

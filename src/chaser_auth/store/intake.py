@@ -1,6 +1,6 @@
 """Group commit: the request path's outbox rows, and the worker's outcomes.
 
-Every seed request must be on disk before it is answered, and a commit costs an fsync. So the
+Every reset request must be on disk before it is answered, and a commit costs an fsync. So the
 request path does not open its own transaction: it hands its outbox row to `OutboxIntake`,
 which writes every row that arrived while the previous commit was in flight in one
 transaction, then answers each waiting request. Under load many requests share one fsync;

@@ -1,4 +1,4 @@
-"""POST /auth/password-reset/request through `SeedLane`: the lean ASGI layer in front of the
+"""POST /auth/password-reset/request through `RequestLane`: the lean ASGI layer in front of the
 stack answers a JSON body that validates; everything else goes on to the FastAPI route.
 Whichever way a request goes, the client sees the same bytes, the request is recorded durably
 (or, refused, not at all), and it is counted and logged under the route template like any
@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from chaser_auth.api.reset import SEED_PATH
+from chaser_auth.api.reset import RESET_REQUEST_PATH
 from tests.api.test_reset_request import REQUESTED, VARYING
 from tests.conftest import EVERY_BACKEND, FakeClock, Served, Smtp, make_settings, serve
 from tests.test_cli import operator_env, serving, tmp_env
@@ -44,7 +44,7 @@ def comparable(response: httpx.Response) -> tuple[int, bytes, list[tuple[str, st
 
 async def post(app: Served, body: bytes, content_type: str, **headers: str) -> httpx.Response:
     return await app.client.post(
-        SEED_PATH, content=body, headers={"Content-Type": content_type, **headers}
+        RESET_REQUEST_PATH, content=body, headers={"Content-Type": content_type, **headers}
     )
 
 
@@ -141,7 +141,7 @@ async def test_a_body_in_pieces_and_a_client_request_id_get_the_same_answer(app:
 
     json_type = {"Content-Type": "application/json"}
     streamed = await app.client.post(
-        SEED_PATH, content=pieces(), headers={**json_type, "X-Request-ID": "trace-1"}
+        RESET_REQUEST_PATH, content=pieces(), headers={**json_type, "X-Request-ID": "trace-1"}
     )
     plain = await post(app, BODY, "application/json", **{"X-Request-ID": "trace-2"})
     assert comparable(streamed) == comparable(plain)
@@ -214,7 +214,7 @@ def test_fast_path_requests_are_counted_and_logged_under_the_route_template(
 ) -> None:
     operator, operator_url = operator_env()
     env = tmp_env(tmp_path) | limit_env(backend_settings) | operator
-    given_id = "fast-path-seed-1"
+    given_id = "request-lane-1"
     with (
         serving(tmp_path, env) as url,
         httpx.Client(base_url=url, timeout=30) as client,
@@ -223,7 +223,7 @@ def test_fast_path_requests_are_counted_and_logged_under_the_route_template(
         before = parse_metrics(scraper.get("/metrics").text)
         answers = [
             client.post(
-                SEED_PATH,
+                RESET_REQUEST_PATH,
                 content=BODY,
                 headers={
                     "Content-Type": content_type,
@@ -240,11 +240,11 @@ def test_fast_path_requests_are_counted_and_logged_under_the_route_template(
 
     assert changes(before, after, "chaser_auth_http_requests_total") == {
         series(route="/metrics", method="GET", status="200"): 1,  # the first scrape
-        series(route=SEED_PATH, method="POST", status="200"): len(JSON_TYPES),
+        series(route=RESET_REQUEST_PATH, method="POST", status="200"): len(JSON_TYPES),
     }
     assert changes(before, after, "chaser_auth_http_request_duration_seconds_count") == {
         series(route="/metrics", method="GET"): 1,
-        series(route=SEED_PATH, method="POST"): len(JSON_TYPES),
+        series(route=RESET_REQUEST_PATH, method="POST"): len(JSON_TYPES),
     }
 
     records = [json.loads(line) for line in (tmp_path / "serve.log").read_text().splitlines()]
@@ -252,7 +252,7 @@ def test_fast_path_requests_are_counted_and_logged_under_the_route_template(
     for request_id in request_ids:
         [record] = [r for r in access if r.get("request_id") == request_id]
         assert record["method"] == "POST"
-        assert record["path"] == SEED_PATH
+        assert record["path"] == RESET_REQUEST_PATH
         assert record["status"] == 200
         assert isinstance(record["duration_ms"], int | float)
     assert "fast.path" not in (tmp_path / "serve.log").read_text()  # the address is never logged
