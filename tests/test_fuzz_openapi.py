@@ -186,7 +186,7 @@ EXCLUDED = {
 # 413: the 4 KiB body cap is documented (413) on every operation with a body, but no schema
 # keyword bounds a whole body's size, so a valid body may exceed it.
 ACCEPTED_WHEN_VALID: dict[str, list[str]] = {
-    "request-password-reset": ["200", "413"],  # 200 for any string, by design (SPEC §2.1)
+    "request-password-reset": ["200", "413"],  # 200 for any string, by design (README, "HTTP API")
     "confirm-password-reset": ["200", "400", "413", "422"],  # 400 unknown token; 422 weak pw
     "verify-password-reset": ["200", "400", "413"],  # 400 unknown token
     "register": ["202", "413", "422"],  # 422 not an address, or a weak password
@@ -384,20 +384,20 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveApp]:
 WITH_SESSION = "served, with a session"
 WITHOUT_SESSION = "served, without a session"
 WORKFLOW = "served, stateful"
-SEED_SPEC = "seed document"
+SEED_DOC = "seed document"
 FUZZ_TESTS = {
     "test_served_api_with_a_session": WITH_SESSION,
     "test_served_api_without_a_session": WITHOUT_SESSION,
     "test_served_api_workflows": WORKFLOW,
-    "test_seed_document": SEED_SPEC,
+    "test_seed_document": SEED_DOC,
 }
-# Per spec, when its fuzzing passed: about half of what the budget gives (~1350, ~570, ~200,
+# Per document, when its fuzzing passed: about half of what the budget gives (~1350, ~570, ~200,
 # ~420 cases with the budget above).
-SPEC_FLOOR = {
+DOC_FLOOR = {
     WITH_SESSION: 600,
     WITHOUT_SESSION: 250,
     WORKFLOW: 80,
-    SEED_SPEC: SEED_EXAMPLES // 2,
+    SEED_DOC: SEED_EXAMPLES // 2,
 }
 CASES: Counter[tuple[str, str]] = Counter()
 FAILED: set[str] = set()  # specs whose fuzzing stopped at a failure: their counts are short
@@ -482,7 +482,7 @@ def test_served_api_workflows(live: LiveApp) -> None:
 @seed_schema.parametrize()
 @settings(max_examples=SEED_EXAMPLES, **HYPOTHESIS)
 def test_seed_document(case: Any, live: LiveApp) -> None:
-    with fuzzing(SEED_SPEC, case) as checks:
+    with fuzzing(SEED_DOC, case) as checks:
         case.call_and_validate(base_url=live.url, session=live.http, checks=checks)
 
 
@@ -544,7 +544,7 @@ def test_fuzzing_ran_enough_cases(request: pytest.FixtureRequest) -> None:
 
     # A spec whose fuzzing failed stopped at its first failure: its count says nothing (that
     # failure is reported by its own test).
-    short = {s: by_spec[s] for s in specs if s not in FAILED and by_spec[s] < SPEC_FLOOR[s]}
-    assert not short, f"too few cases (floors {SPEC_FLOOR}): {short}"
+    short = {s: by_spec[s] for s in specs if s not in FAILED and by_spec[s] < DOC_FLOOR[s]}
+    assert not short, f"too few cases (floors {DOC_FLOOR}): {short}"
     if len(specs) == len(FUZZ_TESTS) and not FAILED:
         assert sum(by_spec.values()) >= CASE_FLOOR, f"{sum(by_spec.values())} < {CASE_FLOOR}"

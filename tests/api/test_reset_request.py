@@ -1,4 +1,4 @@
-"""POST /auth/password-reset/request — the seed endpoint (SPEC §2.1)."""
+"""POST /auth/password-reset/request — the reset request (README, "HTTP API")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Login, /auth/me, logout, and the session lifetimes (SPEC §2.4, the part issue 2 needs)."""
+"""Login, /auth/me, logout, and the session lifetimes (README, "HTTP API")."""
 
 from __future__ import annotations
 

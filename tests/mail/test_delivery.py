@@ -1,4 +1,5 @@
-"""The outbox and the delivery worker against a real SMTP server that misbehaves (SPEC §3)."""
+"""The outbox and the delivery worker against a real SMTP server that misbehaves (README,
+"When something fails")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""No usable token at rest, nothing personal in logs (SPEC §3).
+"""No usable token at rest, nothing personal in logs (README, "Security decisions"; SECURITY.md).
 
 The scenario runs the whole flow with every logger at DEBUG — what an operator chasing a
 problem would switch on — and then reads every log record and every byte of the database."""

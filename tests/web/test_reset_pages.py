@@ -1,6 +1,6 @@
 """The forgot-password and reset-password pages in a real Chromium, against the real server and a
 real SMTP server: the whole journey, every outcome the page can show, keyboard use, 320 px, and
-where the token goes (SPEC §2.5).
+where the token goes (README, "Pages").
 
 Every test fails if the page logged a console error (the `tab` fixtures check it).
 """

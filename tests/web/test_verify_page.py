@@ -1,5 +1,5 @@
 """The verify-email page in a real Chromium: registration email → link → one press verifies;
-opening the link (by a person or a scanner) verifies nothing (SPEC §2.5)."""
+opening the link (by a person or a scanner) verifies nothing (README, "Pages")."""
 
 from __future__ import annotations
 

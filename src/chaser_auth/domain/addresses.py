@@ -1,9 +1,10 @@
 """How an email address typed by a person is matched to the address stored on an account.
 
-The rule (SPEC §2.1), applied to the registration check and to every look-up alike:
-trim the string; split at the last "@"; the domain is lowercased and IDNA-encoded (UTS #46,
-which also folds full-width forms); the local part is compared case-insensitively after
-Unicode NFC (full case folding, so "ß"/"ss", "ſ"/"s" and the Kelvin sign "K"/"k" match).
+The rule (README, "Security decisions"), applied to the registration check and to every
+look-up alike: trim the string; split at the last "@"; the domain is lowercased and
+IDNA-encoded (UTS #46, which also folds full-width forms); the local part is compared
+case-insensitively after Unicode NFC (full case folding, so "ß"/"ss", "ſ"/"s" and the Kelvin
+sign "K"/"k" match).
 
 The resulting *key* is unique in the accounts table, so two accounts can never answer to the
 same input. Mail is only ever sent to the address as stored, never to the string a client
