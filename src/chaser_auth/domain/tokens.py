@@ -7,7 +7,7 @@ Only `digest(token)` — HMAC-SHA256 under the server secret — is ever stored.
 database alone therefore yields no usable token, and without the secret one cannot even test
 a guess offline (OWASP Forgot Password Cheat Sheet: "store tokens hashed").
 
-A reset token stops working, checked in this order (`recovery.ResetService.check`):
+A reset token stops working, checked in this order (`recovery.RecoveryService.check`):
   1. its digest is not in the table (never issued, or mistyped);
   2. it was used: `used_at` is set by the one UPDATE that consumes it, so of two concurrent
      confirms exactly one changes the row (README, "HTTP API");
