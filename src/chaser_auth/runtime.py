@@ -10,8 +10,9 @@ from datetime import timedelta
 from chaser_auth.config import Settings, load_secret_key
 from chaser_auth.domain.accounts import AccountService
 from chaser_auth.domain.clock import Clock, utcnow
+from chaser_auth.domain.outbox import AddressLimit
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
-from chaser_auth.domain.recovery import AddressLimit, RecoveryService
+from chaser_auth.domain.recovery import RecoveryService
 from chaser_auth.domain.registration import RegistrationService
 from chaser_auth.domain.sessions import SessionService
 from chaser_auth.mail.messages import Renderer

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from chaser_auth.domain.recovery import RESET_REQUEST
+from chaser_auth.domain.outbox import RESET_REQUEST
 from chaser_auth.store.repositories import new_outbox_row
 from chaser_auth.store.tables import OutboxMessage
 from tests.conftest import (

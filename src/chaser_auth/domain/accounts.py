@@ -8,8 +8,8 @@ from datetime import datetime
 
 from chaser_auth.domain.addresses import address_key, stored_form
 from chaser_auth.domain.clock import Clock
+from chaser_auth.domain.outbox import PASSWORD_CHANGED
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
-from chaser_auth.domain.recovery import PASSWORD_CHANGED
 from chaser_auth.domain.sessions import AuthResult, SessionService
 from chaser_auth.errors import (
     AccountExists,

@@ -13,14 +13,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 from chaser_auth import metrics
 from chaser_auth.domain import tokens
 from chaser_auth.domain.addresses import address_key, stored_form
 from chaser_auth.domain.clock import Clock
+from chaser_auth.domain.outbox import (
+    PASSWORD_CHANGED,
+    RESET_REQUEST,
+    AddressLimit,
+    Letter,
+    Note,
+    Skip,
+)
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.sessions import AuthResult, SessionService
 from chaser_auth.errors import AccountDisabled, InvalidToken
@@ -28,8 +36,6 @@ from chaser_auth.store.intake import Intake
 from chaser_auth.store.repositories import Job, LinkTokens, Store, Tx
 from chaser_auth.store.tables import ResetToken, User
 
-RESET_REQUEST = "password_reset_request"
-PASSWORD_CHANGED = "password_changed"  # noqa: S105 - an outbox kind, not a secret
 RESET_PURPOSE = "reset"
 MINT_CHUNK = 16  # links minted per transaction
 
@@ -41,46 +47,6 @@ def may_receive_reset(user: User | None) -> bool:
 
 
 @dataclass(frozen=True)
-class Note:
-    """An audit event the worker records in the same transaction that finishes the row, so a
-    request that needs no mail costs one commit, not one per event."""
-
-    event: str
-    user_id: uuid.UUID | None = None
-    subject: str | None = None
-    client: str | None = None  # the client address of the request, as the limits key it
-
-    def event_at(self, at: datetime, detail: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The audit row to insert (`Audit.record_many`)."""
-        return {
-            "at": at,
-            "event": self.event,
-            "user_id": self.user_id,
-            "subject": self.subject,
-            "detail": detail,
-            "client": self.client,
-        }
-
-
-@dataclass(frozen=True)
-class Letter:
-    """What the worker should send: a template, the stored address, the template's context."""
-
-    template: str
-    to: str
-    context: dict[str, Any] = field(default_factory=dict)
-    notes: tuple[Note, ...] = ()
-
-
-@dataclass(frozen=True)
-class Skip:
-    """Nothing to send; `outcome` is recorded on the outbox row."""
-
-    outcome: str
-    notes: tuple[Note, ...] = ()
-
-
-@dataclass(frozen=True)
 class Grant:
     """A link to mint for `user`: for the outbox row `job_id` (None: a printed link), after
     the audit `notes` that led to it."""
@@ -88,13 +54,6 @@ class Grant:
     user: User
     job_id: uuid.UUID | None
     notes: tuple[Note, ...] = ()
-
-
-class AddressLimit(Protocol):
-    """The per-address limit on reset mail, as the domain sees it: may one more go to each of
-    `subjects` (in order; a subject may repeat, and each allowed one counts)?"""
-
-    async def allow_many(self, subjects: Sequence[str]) -> list[bool]: ...
 
 
 async def mint_links(

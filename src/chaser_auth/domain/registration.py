@@ -23,15 +23,15 @@ from chaser_auth.domain import tokens
 from chaser_auth.domain.accounts import new_user
 from chaser_auth.domain.addresses import address_key, stored_form
 from chaser_auth.domain.clock import Clock
+from chaser_auth.domain.outbox import REGISTER, AddressLimit, Letter, Skip
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
-from chaser_auth.domain.recovery import AddressLimit, Letter, Skip, mint_links
+from chaser_auth.domain.recovery import mint_links
 from chaser_auth.domain.sessions import AuthResult, SessionService
 from chaser_auth.errors import InvalidAddress, InvalidToken
 from chaser_auth.store.intake import Intake
 from chaser_auth.store.repositories import Job, Store
 from chaser_auth.store.tables import User, VerifyToken
 
-REGISTER = "register"
 VERIFY_PURPOSE = "verify"
 
 

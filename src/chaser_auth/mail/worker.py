@@ -35,16 +35,17 @@ from sqlalchemy.exc import DBAPIError
 
 from chaser_auth import metrics
 from chaser_auth.domain.clock import Clock
-from chaser_auth.domain.recovery import (
+from chaser_auth.domain.outbox import (
     PASSWORD_CHANGED,
+    REGISTER,
     RESET_REQUEST,
     AddressLimit,
     Letter,
     Note,
-    RecoveryService,
     Skip,
 )
-from chaser_auth.domain.registration import REGISTER, RegistrationService
+from chaser_auth.domain.recovery import RecoveryService
+from chaser_auth.domain.registration import RegistrationService
 from chaser_auth.mail.messages import Renderer
 from chaser_auth.mail.transport import DeliveryError, MailTransport
 from chaser_auth.ratelimit import Limiter
@@ -78,7 +79,7 @@ Outcome = tuple[Job, str, Sequence[Note]]
 
 
 class PerAddressLimit:
-    """`recovery.AddressLimit` through the rate limiter (the per-address setting)."""
+    """`outbox.AddressLimit` through the rate limiter (the per-address setting)."""
 
     def __init__(self, limiter: Limiter, item: RateLimitItem) -> None:
         self.limiter = limiter
@@ -100,7 +101,7 @@ class PerAddressLimit:
 
 
 class StoredAddressLimit:
-    """`recovery.AddressLimit` kept in the database, used when no Redis is configured: the
+    """`outbox.AddressLimit` kept in the database, used when no Redis is configured: the
     allowance then survives restarts and is shared by every `serve` and `worker` process on the
     database, where a process's memory would start from zero each time."""
 

@@ -1,0 +1,69 @@
+"""What the outbox means to the services that fill it and to the worker that empties it.
+
+A row is queued under one of the kinds below — by the request path (`RESET_REQUEST`,
+`REGISTER`) or by a credential change (`PASSWORD_CHANGED`). The delivery worker asks the
+service that owns the kind what the row becomes: a `Letter` to send, or a `Skip` with its
+outcome; either carries the audit `Note`s to record with it, in the transaction that finishes
+the row. Mail to one address is budgeted (`AddressLimit`), whichever kind it is.
+
+Recovery, registration and accounts speak this vocabulary without importing one another.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol
+
+RESET_REQUEST = "password_reset_request"
+PASSWORD_CHANGED = "password_changed"  # noqa: S105 - an outbox kind, not a secret
+REGISTER = "register"
+
+
+@dataclass(frozen=True)
+class Note:
+    """An audit event the worker records in the same transaction that finishes the row, so a
+    request that needs no mail costs one commit, not one per event."""
+
+    event: str
+    user_id: uuid.UUID | None = None
+    subject: str | None = None
+    client: str | None = None  # the client address of the request, as the limits key it
+
+    def event_at(self, at: datetime, detail: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The audit row to insert (`Audit.record_many`)."""
+        return {
+            "at": at,
+            "event": self.event,
+            "user_id": self.user_id,
+            "subject": self.subject,
+            "detail": detail,
+            "client": self.client,
+        }
+
+
+@dataclass(frozen=True)
+class Letter:
+    """What the worker should send: a template, the stored address, the template's context."""
+
+    template: str
+    to: str
+    context: dict[str, Any] = field(default_factory=dict)
+    notes: tuple[Note, ...] = ()
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Nothing to send; `outcome` is recorded on the outbox row."""
+
+    outcome: str
+    notes: tuple[Note, ...] = ()
+
+
+class AddressLimit(Protocol):
+    """The per-address limit on mail, as the domain sees it: may one more go to each of
+    `subjects` (in order; a subject may repeat, and each allowed one counts)?"""
+
+    async def allow_many(self, subjects: Sequence[str]) -> list[bool]: ...
