@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -21,6 +20,7 @@ from chaser_auth import metrics
 from chaser_auth.domain import tokens
 from chaser_auth.domain.addresses import address_key, stored_form
 from chaser_auth.domain.clock import Clock
+from chaser_auth.domain.links import Grant, Links
 from chaser_auth.domain.outbox import (
     PASSWORD_CHANGED,
     RESET_REQUEST,
@@ -33,7 +33,7 @@ from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.sessions import AuthResult, SessionService
 from chaser_auth.errors import AccountDisabled, InvalidToken
 from chaser_auth.store.intake import Intake
-from chaser_auth.store.repositories import Job, LinkTokens, Store, Tx
+from chaser_auth.store.repositories import Job, Store, Tx
 from chaser_auth.store.tables import ResetToken, User
 
 RESET_PURPOSE = "reset"
@@ -44,61 +44,6 @@ def may_receive_reset(user: User | None) -> bool:
     """Who may get a reset link — the one place this is decided (cf. Django's
     `PasswordResetForm.get_users`): an account that exists and is active."""
     return user is not None and user.is_active
-
-
-@dataclass(frozen=True)
-class Grant:
-    """A link to mint for `user`: for the outbox row `job_id` (None: a printed link), after
-    the audit `notes` that led to it."""
-
-    user: User
-    job_id: uuid.UUID | None
-    notes: tuple[Note, ...] = ()
-
-
-async def mint_links(
-    tx: Tx,
-    links: LinkTokens[Any],
-    grants: Sequence[tuple[uuid.UUID, uuid.UUID | None]],
-    now: datetime,
-    *,
-    secret: bytes,
-    purpose: str,
-    ttl: timedelta,
-) -> list[str]:
-    """A link for each (account id, outbox row id) in `grants`, in order, stored in `links`
-    (reset or verification tokens) with one statement per step for all of them.
-
-    A newer link revokes every older one (reason 3 in `tokens`): the accounts' links from
-    before, and of an account's grants here all but its last, which are stored revoked. A
-    mailed token is derived from its outbox row (a retried send carries the same link), and
-    the row is resolved to its account (what the client typed is forgotten); a printed one
-    (no row) is random."""
-    await links.revoke_all_of(sorted({user_id for user_id, _ in grants}), now)
-    newest = {user_id: i for i, (user_id, _) in enumerate(grants)}
-    minted: list[str] = []
-    rows: list[dict[str, Any]] = []
-    for i, (user_id, job_id) in enumerate(grants):
-        token = tokens.new_token() if job_id is None else tokens.derive(secret, purpose, job_id)
-        minted.append(token)
-        rows.append(
-            {
-                "id": uuid.uuid4(),
-                "user_id": user_id,
-                "token_digest": tokens.digest(secret, token),
-                "outbox_id": job_id,
-                "created_at": now,
-                "expires_at": now + ttl,
-                "used_at": None,
-                "revoked_at": None if newest[user_id] == i else now,
-            }
-        )
-    await links.add_many(rows)
-    await tx.outbox.resolve_many(
-        [(job_id, user_id) for user_id, job_id in grants if job_id is not None]
-    )
-    metrics.TOKENS.labels(purpose, "issued").inc(len(grants))
-    return minted
 
 
 class RecoveryService:
@@ -120,8 +65,15 @@ class RecoveryService:
         self.intake = intake
         self.clock = clock
         self.secret = secret
-        self.ttl = timedelta(seconds=reset_ttl)
         self.public_url = public_url
+        self.links: Links[ResetToken] = Links(
+            store=store,
+            secret=secret,
+            purpose=RESET_PURPOSE,
+            ttl=timedelta(seconds=reset_ttl),
+            page=f"{public_url}/reset-password",
+            table=lambda tx: tx.reset_tokens,
+        )
         self.policy = policy
         self.hasher = hasher
         self.sessions = sessions
@@ -230,16 +182,8 @@ class RecoveryService:
     async def _mint_many(
         self, tx: Tx, grants: Sequence[Grant], now: datetime, *, event: str
     ) -> list[str]:
-        """`mint_links` for reset links, each grant's audit notes followed by `event`."""
-        links = await mint_links(
-            tx,
-            tx.reset_tokens,
-            [(grant.user.id, grant.job_id) for grant in grants],
-            now,
-            secret=self.secret,
-            purpose=RESET_PURPOSE,
-            ttl=self.ttl,
-        )
+        """`Links.issue` for reset links, each grant's audit notes followed by `event`."""
+        links = await self.links.issue(tx, [(grant.user.id, grant.job_id) for grant in grants], now)
         events: list[dict[str, Any]] = []
         for grant in grants:
             events += [note.event_at(now) for note in grant.notes]
@@ -261,15 +205,13 @@ class RecoveryService:
         return self.link(token)
 
     def link(self, token: str) -> str:
-        return f"{self.public_url}/reset-password#token={token}"
+        return self.links.url(token)
 
     async def _resend(self, job: Job, now: datetime) -> Letter | Skip:
-        async with self.store.tx() as tx:
-            row = await tx.reset_tokens.by_outbox(job.id)
-            user = await tx.users.get(job.user_id) if job.user_id else None
+        row, user = await self.links.sent_before(job)
         if row is None or user is None or not self._usable(row, user, now):
             return Skip("stale")  # superseded, used or expired meanwhile: a dead link helps nobody
-        return self._reset_letter(user, tokens.derive(self.secret, RESET_PURPOSE, job.id))
+        return self._reset_letter(user, self.links.token_of(job.id))
 
     def _reset_letter(self, user: User, token: str) -> Letter:
         return Letter(
@@ -277,7 +219,7 @@ class RecoveryService:
             user.email,
             {
                 "link": self.link(token),
-                "ttl_minutes": int(self.ttl.total_seconds() // 60),
+                "ttl_minutes": int(self.links.ttl.total_seconds() // 60),
             },
         )
 
@@ -300,12 +242,7 @@ class RecoveryService:
 
     @staticmethod
     def _usable(row: ResetToken, user: User, now: datetime) -> bool:
-        return (
-            row.used_at is None
-            and row.revoked_at is None
-            and now <= row.expires_at
-            and may_receive_reset(user)
-        )
+        return Links.usable(row, now) and may_receive_reset(user)
 
     async def check(self, token: str) -> tuple[ResetToken, User]:
         """The token's row and account if the token may be used now; else InvalidToken.
@@ -316,10 +253,10 @@ class RecoveryService:
             raise InvalidToken()
         now = self.clock()
         async with self.store.tx() as tx:
-            row = await tx.reset_tokens.by_digest(tokens.digest(self.secret, token))
+            row = await self.links.find(tx, token)
             user = await tx.users.get(row.user_id) if row is not None else None
         if row is None or user is None or not self._usable(row, user, now):
-            expired = row is not None and now > row.expires_at and row.used_at is None
+            expired = row is not None and Links.expired(row, now)
             metrics.TOKENS.labels(RESET_PURPOSE, "expired" if expired else "invalid").inc()
             raise InvalidToken()
         return row, user

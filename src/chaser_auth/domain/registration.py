@@ -10,8 +10,8 @@ dying; an address with a verified account gets a "you already have an account �
 password" email instead, and the new password is thrown away. Either way the mail goes to the
 address, so only its owner learns which happened.
 
-Verification tokens follow the reset tokens' rules (`tokens`): derived from the outbox row,
-only a digest stored, single use, `VERIFY_TOKEN_TTL`; a newer one revokes the older.
+Verification links follow the reset links' rules (`tokens`, `links`): derived from the outbox
+row, only a digest stored, single use, `VERIFY_TOKEN_TTL`; a newer one revokes the older.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ from chaser_auth.domain import tokens
 from chaser_auth.domain.accounts import new_user
 from chaser_auth.domain.addresses import address_key, stored_form
 from chaser_auth.domain.clock import Clock
+from chaser_auth.domain.links import Links
 from chaser_auth.domain.outbox import REGISTER, AddressLimit, Letter, Skip
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
-from chaser_auth.domain.recovery import mint_links
 from chaser_auth.domain.sessions import AuthResult, SessionService
 from chaser_auth.errors import InvalidAddress, InvalidToken
 from chaser_auth.store.intake import Intake
@@ -53,8 +53,15 @@ class RegistrationService:
         self.intake = intake
         self.clock = clock
         self.secret = secret
-        self.ttl = timedelta(seconds=verify_ttl)
         self.public_url = public_url
+        self.links: Links[VerifyToken] = Links(
+            store=store,
+            secret=secret,
+            purpose=VERIFY_PURPOSE,
+            ttl=timedelta(seconds=verify_ttl),
+            page=f"{public_url}/verify-email",
+            table=lambda tx: tx.verify_tokens,
+        )
         self.policy = policy
         self.hasher = hasher
         self.sessions = sessions
@@ -97,7 +104,7 @@ class RegistrationService:
             elif user.is_active and not user.email_verified:
                 # Signed up again before anyone verified: the newest sign-up's password
                 # replaces the pending one, and the links of the earlier sign-ups die with it
-                # (`mint_links`). Pre-registration ("pre-hijacking", Sudhodanan & Paverd 2022)
+                # (`Links.issue`). Pre-registration ("pre-hijacking", Sudhodanan & Paverd 2022)
                 # thus gains nothing: a password chosen by someone who signed the address up
                 # earlier never becomes usable once the mailbox owner signs up and follows the
                 # newest link, and the address is still only verified from that mailbox.
@@ -108,36 +115,26 @@ class RegistrationService:
                 await tx.audit.record("register_existing", now, user_id=user.id, client=client)
                 return self._exists_letter(user) if user.is_active else Skip("account_disabled")
             await tx.audit.record(event, now, user_id=user.id, client=client)
-            [token] = await mint_links(
-                tx,
-                tx.verify_tokens,
-                [(user.id, job.id)],
-                now,
-                secret=self.secret,
-                purpose=VERIFY_PURPOSE,
-                ttl=self.ttl,
-            )
+            [token] = await self.links.issue(tx, [(user.id, job.id)], now)
         return self._verify_letter(user, token)
 
     async def _resend(self, job: Job, now: datetime) -> Letter | Skip:
-        async with self.store.tx() as tx:
-            row = await tx.verify_tokens.by_outbox(job.id)
-            user = await tx.users.get(job.user_id) if job.user_id else None
+        row, user = await self.links.sent_before(job)
         if user is None or not user.is_active:
             return Skip("stale")
         if row is None:  # this row was the "you already have an account" notice
             return self._exists_letter(user)
-        if not self._usable(row, now):
+        if not Links.usable(row, now):
             return Skip("stale")
-        return self._verify_letter(user, tokens.derive(self.secret, VERIFY_PURPOSE, job.id))
+        return self._verify_letter(user, self.links.token_of(job.id))
 
     def _verify_letter(self, user: User, token: str) -> Letter:
         return Letter(
             "verify_email",
             user.email,
             {
-                "link": f"{self.public_url}/verify-email#token={token}",
-                "ttl_hours": max(1, int(self.ttl.total_seconds() // 3600)),
+                "link": self.links.url(token),
+                "ttl_hours": max(1, int(self.links.ttl.total_seconds() // 3600)),
             },
         )
 
@@ -147,10 +144,6 @@ class RegistrationService:
         )
 
     # -- verify path --------------------------------------------------------------------------
-
-    @staticmethod
-    def _usable(row: VerifyToken, now: datetime) -> bool:
-        return row.used_at is None and row.revoked_at is None and now <= row.expires_at
 
     async def verify(self, token: str, *, client: str | None = None) -> AuthResult:
         """Use the token: the address is verified and a session starts. InvalidToken otherwise."""
@@ -167,7 +160,7 @@ class RegistrationService:
             raise InvalidToken()
         now = self.clock()
         async with self.store.tx() as tx:
-            row = await tx.verify_tokens.by_digest(tokens.digest(self.secret, token))
+            row = await self.links.find(tx, token)
             # Locked: a sign-up of the same address in flight (which replaces the pending
             # password and revokes this link) either went first — and the consume below fails —
             # or waits for this verification and then finds the account verified.
@@ -176,7 +169,7 @@ class RegistrationService:
             if row is None or user is None or not user.is_active:
                 raise InvalidToken()
             if not await tx.verify_tokens.consume(row.id, now):
-                expired = now > row.expires_at and row.used_at is None
+                expired = Links.expired(row, now)
                 raise InvalidToken(reason="expired" if expired else "invalid")
             await tx.users.mark_verified(user.id)
             await tx.verify_tokens.revoke_all(user.id, now)

@@ -1,0 +1,132 @@
+"""Links sent by mail — password reset, email verification — issued, checked and resent by one
+set of rules, whichever service sends them.
+
+A link carries a token (`tokens`): derived from the outbox row whose mail carries it, so that a
+retried send carries the very same link without the outbox ever holding the token, or random
+when it is printed rather than mailed. Only the token's digest is stored, one table per
+purpose. See `tokens` for the numbered reasons a link stops working; `usable` is the stored
+half of them (used, revoked, expired), and each service adds its own about the account.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+from chaser_auth import metrics
+from chaser_auth.domain import tokens
+from chaser_auth.domain.outbox import Note
+from chaser_auth.store.repositories import Job, LinkTokens, Store, Tx
+from chaser_auth.store.tables import LinkToken, User
+
+T = TypeVar("T", bound=LinkToken)
+
+
+@dataclass(frozen=True)
+class Grant:
+    """A link to mint for `user`: for the outbox row `job_id` (None: a printed link), after
+    the audit `notes` that led to it."""
+
+    user: User
+    job_id: uuid.UUID | None
+    notes: tuple[Note, ...] = ()
+
+
+class Links(Generic[T]):
+    """The links of one `purpose`, kept in one table (`table` picks it from a transaction),
+    alive for `ttl`, opening `page` with the token in the URL fragment."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        secret: bytes,
+        purpose: str,
+        ttl: timedelta,
+        page: str,
+        table: Callable[[Tx], LinkTokens[T]],
+    ) -> None:
+        self.store = store
+        self.secret = secret
+        self.purpose = purpose
+        self.ttl = ttl
+        self.page = page
+        self.table = table
+
+    def url(self, token: str) -> str:
+        return f"{self.page}#token={token}"
+
+    # -- issuing ------------------------------------------------------------------------------
+
+    async def issue(
+        self, tx: Tx, grants: Sequence[tuple[uuid.UUID, uuid.UUID | None]], now: datetime
+    ) -> list[str]:
+        """A token for each (account id, outbox row id) in `grants`, in order, stored with one
+        statement per step for all of them.
+
+        A newer link revokes every older one (reason 3 in `tokens`): the accounts' links from
+        before, and of an account's grants here all but its last, which are stored revoked. A
+        mailed token is derived from its outbox row (a retried send carries the same link), and
+        the row is resolved to its account (what the client typed is forgotten); a printed one
+        (no row) is random."""
+        links = self.table(tx)
+        await links.revoke_all_of(sorted({user_id for user_id, _ in grants}), now)
+        newest = {user_id: i for i, (user_id, _) in enumerate(grants)}
+        minted: list[str] = []
+        rows: list[dict[str, Any]] = []
+        for i, (user_id, job_id) in enumerate(grants):
+            token = tokens.new_token() if job_id is None else self.token_of(job_id)
+            minted.append(token)
+            rows.append(
+                {
+                    "id": uuid.uuid4(),
+                    "user_id": user_id,
+                    "token_digest": tokens.digest(self.secret, token),
+                    "outbox_id": job_id,
+                    "created_at": now,
+                    "expires_at": now + self.ttl,
+                    "used_at": None,
+                    "revoked_at": None if newest[user_id] == i else now,
+                }
+            )
+        await links.add_many(rows)
+        await tx.outbox.resolve_many(
+            [(job_id, user_id) for user_id, job_id in grants if job_id is not None]
+        )
+        metrics.TOKENS.labels(self.purpose, "issued").inc(len(grants))
+        return minted
+
+    def token_of(self, job_id: uuid.UUID) -> str:
+        """The token of the link mailed for outbox row `job_id`."""
+        return tokens.derive(self.secret, self.purpose, job_id)
+
+    # -- checking -----------------------------------------------------------------------------
+
+    async def find(self, tx: Tx, token: str) -> T | None:
+        """The stored link of a well-formed `token` (`tokens.is_well_formed`), if any."""
+        return await self.table(tx).by_digest(tokens.digest(self.secret, token))
+
+    @staticmethod
+    def usable(row: LinkToken, now: datetime) -> bool:
+        """Not used, not revoked, not expired (valid at its TTL, dead a second later)."""
+        return row.used_at is None and row.revoked_at is None and now <= row.expires_at
+
+    @staticmethod
+    def expired(row: LinkToken, now: datetime) -> bool:
+        """Dead of age alone, never used: counted apart from the rest in the metrics."""
+        return now > row.expires_at and row.used_at is None
+
+    # -- resending ----------------------------------------------------------------------------
+
+    async def sent_before(self, job: Job) -> tuple[T | None, User | None]:
+        """For an outbox row resolved on an earlier attempt: the link its mail carried (None
+        if it carried none) and the account it was resolved to (None if it is gone). The
+        resend carries the same link (`token_of`) if the service finds it still worth sending:
+        a dead link helps nobody."""
+        async with self.store.tx() as tx:
+            row = await self.table(tx).by_outbox(job.id)
+            user = await tx.users.get(job.user_id) if job.user_id else None
+        return row, user
