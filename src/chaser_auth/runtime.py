@@ -17,8 +17,9 @@ from chaser_auth.domain.registration import RegistrationService
 from chaser_auth.domain.sessions import SessionService
 from chaser_auth.mail.messages import Renderer
 from chaser_auth.mail.transport import FileTransport, MailTransport, SmtpTransport
-from chaser_auth.mail.worker import PerAddressLimit, StoredAddressLimit, Worker
-from chaser_auth.ratelimit import Limiter
+from chaser_auth.mail.worker import Worker
+from chaser_auth.ratelimit.address import PerAddressLimit, StoredAddressLimit
+from chaser_auth.ratelimit.limiter import Limiter
 from chaser_auth.store.engine import create_engine, create_inline_engine, sqlite_path
 from chaser_auth.store.intake import Intake, OutboxIntake, SqliteIntake
 from chaser_auth.store.notify import OutboxListener, is_postgres

@@ -23,7 +23,7 @@ import pytest
 
 from chaser_auth.api.reset import REQUESTED_BODY
 from chaser_auth.api.signup import REGISTERED_BODY
-from chaser_auth.ratelimit import REDIS_RETRY
+from chaser_auth.ratelimit.limiter import REDIS_RETRY
 from tests.conftest import FakeClock, Served, Smtp, free_port, make_settings, require, serve
 
 LOGGER = "chaser_auth.ratelimit"

@@ -1,4 +1,4 @@
-"""`ratelimit.LocalMovingWindow`, the in-memory moving window, decides as `limits`' own
+"""`ratelimit.limiter.LocalMovingWindow`, the in-memory moving window, decides as `limits`' own
 moving window does (its `MemoryStorage` is the reference here), and forgets what has left
 its window."""
 
@@ -13,8 +13,8 @@ from limits import parse
 from limits.aio.storage import MemoryStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
-from chaser_auth import ratelimit
-from chaser_auth.ratelimit import LocalMovingWindow
+from chaser_auth.ratelimit import limiter
+from chaser_auth.ratelimit.limiter import LocalMovingWindow
 
 
 async def test_same_decisions_as_limits_moving_window(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,7 +54,7 @@ async def test_same_decisions_as_limits_moving_window(monkeypatch: pytest.Monkey
 
 
 async def test_a_window_moves_and_old_keys_are_swept(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ratelimit, "SWEEP_EVERY", 0.0)  # every hit sweeps
+    monkeypatch.setattr(limiter, "SWEEP_EVERY", 0.0)  # every hit sweeps
     window = LocalMovingWindow()
     item = parse("2/second")
     assert await window.hit(item, "ip", "a")

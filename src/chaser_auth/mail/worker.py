@@ -48,7 +48,7 @@ from chaser_auth.domain.recovery import RecoveryService
 from chaser_auth.domain.registration import RegistrationService
 from chaser_auth.mail.messages import Renderer
 from chaser_auth.mail.transport import DeliveryError, MailTransport
-from chaser_auth.ratelimit import Limiter
+from chaser_auth.ratelimit.limiter import Limiter
 from chaser_auth.store.intake import GroupCommit
 from chaser_auth.store.notify import OutboxListener
 from chaser_auth.store.repositories import Job, Store
@@ -76,51 +76,6 @@ def one_by_one(prepare: Callable[[Job], Awaitable[Letter | Skip]]) -> Handler:
 
 
 Outcome = tuple[Job, str, Sequence[Note]]
-
-
-class PerAddressLimit:
-    """`outbox.AddressLimit` through the rate limiter (the per-address setting)."""
-
-    def __init__(self, limiter: Limiter, item: RateLimitItem) -> None:
-        self.limiter = limiter
-        self.item = item
-
-    async def allow_many(self, subjects: Sequence[str]) -> list[bool]:
-        allowed: list[bool] = []
-        refused: set[str] = set()  # a refused hit does not count: the rest of the batch is too
-        for subject in subjects:
-            ok = (
-                subject not in refused
-                and (await self.limiter.hit(self.item, "reset-address", subject)).allowed
-            )
-            if not ok:
-                refused.add(subject)
-                metrics.LIMITED.labels("address").inc()
-            allowed.append(ok)
-        return allowed
-
-
-class StoredAddressLimit:
-    """`outbox.AddressLimit` kept in the database, used when no Redis is configured: the
-    allowance then survives restarts and is shared by every `serve` and `worker` process on the
-    database, where a process's memory would start from zero each time."""
-
-    def __init__(self, store: Store, clock: Clock, item: RateLimitItem) -> None:
-        self.store = store
-        self.clock = clock
-        self.item = item
-
-    async def allow_many(self, subjects: Sequence[str]) -> list[bool]:
-        if not subjects:
-            return []
-        now = self.clock()
-        since = now - timedelta(seconds=self.item.get_expiry())
-        async with self.store.tx() as tx:
-            allowed = await tx.limit_hits.take_many(
-                "reset-address", subjects, self.item.amount, since, now
-            )
-        metrics.LIMITED.labels("address").inc(allowed.count(False))
-        return allowed
 
 
 class Worker:
