@@ -23,7 +23,7 @@ from chaser_auth.ratelimit.limiter import Limiter
 from chaser_auth.store.engine import create_engine, create_inline_engine, sqlite_path
 from chaser_auth.store.intake import Intake, OutboxIntake, SqliteIntake
 from chaser_auth.store.notify import OutboxListener, is_postgres
-from chaser_auth.store.repositories import Store, Tx
+from chaser_auth.store.transactions import Store, Tx
 
 PURGE_CHUNK = 5000  # rows deleted per transaction by the retention chores
 

@@ -11,7 +11,8 @@ import pytest
 
 from chaser_auth.store.engine import create_engine, create_inline_engine
 from chaser_auth.store.migrate import upgrade
-from chaser_auth.store.repositories import Job, Store, new_outbox_row
+from chaser_auth.store.repositories import Job, new_outbox_row
+from chaser_auth.store.transactions import Store
 
 NOW = datetime(2026, 11, 27, 12, 0, tzinfo=UTC)
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from chaser_auth.store.engine import create_engine
 from chaser_auth.store.intake import SqliteIntake
 from chaser_auth.store.migrate import upgrade
-from chaser_auth.store.repositories import QUEUED, Store, new_outbox_row
+from chaser_auth.store.repositories import QUEUED, new_outbox_row
+from chaser_auth.store.transactions import Store
 
 COLUMNS = "kind, status, payload, user_id, attempts, created_at, available_at, locked_until"
 

@@ -19,8 +19,8 @@ from chaser_auth.errors import (
     NotAuthenticated,
     NotFound,
 )
-from chaser_auth.store.repositories import Store
 from chaser_auth.store.tables import User
+from chaser_auth.store.transactions import Store
 
 
 def new_user(

@@ -19,8 +19,9 @@ from typing import Any, Generic, TypeVar
 from chaser_auth import metrics
 from chaser_auth.domain import tokens
 from chaser_auth.domain.outbox import Note
-from chaser_auth.store.repositories import Job, LinkTokens, Store, Tx
+from chaser_auth.store.repositories import Job, LinkTokens
 from chaser_auth.store.tables import LinkToken, User
+from chaser_auth.store.transactions import Store, Tx
 
 T = TypeVar("T", bound=LinkToken)
 

@@ -33,8 +33,9 @@ from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.sessions import AuthResult, SessionService
 from chaser_auth.errors import AccountDisabled, InvalidToken
 from chaser_auth.store.intake import Intake
-from chaser_auth.store.repositories import Job, Store, Tx
+from chaser_auth.store.repositories import Job
 from chaser_auth.store.tables import ResetToken, User
+from chaser_auth.store.transactions import Store, Tx
 
 RESET_PURPOSE = "reset"
 MINT_CHUNK = 16  # links minted per transaction

@@ -29,8 +29,9 @@ from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.sessions import AuthResult, SessionService
 from chaser_auth.errors import InvalidAddress, InvalidToken
 from chaser_auth.store.intake import Intake
-from chaser_auth.store.repositories import Job, Store
+from chaser_auth.store.repositories import Job
 from chaser_auth.store.tables import User, VerifyToken
+from chaser_auth.store.transactions import Store
 
 VERIFY_PURPOSE = "verify"
 

@@ -20,8 +20,8 @@ from datetime import datetime, timedelta
 from chaser_auth.domain import tokens
 from chaser_auth.domain.clock import Clock
 from chaser_auth.errors import NotAuthenticated, NotFound
-from chaser_auth.store.repositories import Store, Tx
 from chaser_auth.store.tables import Session, User
+from chaser_auth.store.transactions import Store, Tx
 
 # last_seen_at is written at most this often, so a busy client does not write on every request;
 # the idle timeout is therefore exact to within this margin.

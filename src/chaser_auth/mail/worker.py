@@ -51,7 +51,8 @@ from chaser_auth.mail.transport import DeliveryError, MailTransport
 from chaser_auth.ratelimit.limiter import Limiter
 from chaser_auth.store.intake import GroupCommit
 from chaser_auth.store.notify import OutboxListener
-from chaser_auth.store.repositories import Job, Store
+from chaser_auth.store.repositories import Job
+from chaser_auth.store.transactions import Store
 
 log = logging.getLogger("chaser_auth.worker")
 

@@ -13,7 +13,7 @@ from limits import RateLimitItem
 from chaser_auth import metrics
 from chaser_auth.domain.clock import Clock
 from chaser_auth.ratelimit.limiter import Limiter
-from chaser_auth.store.repositories import Store
+from chaser_auth.store.transactions import Store
 
 
 class PerAddressLimit:

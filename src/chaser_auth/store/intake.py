@@ -29,8 +29,9 @@ from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import DBAPIError
 
 from chaser_auth.store.engine import sqlite_pragmas
-from chaser_auth.store.repositories import Store, new_outbox_row
+from chaser_auth.store.repositories import new_outbox_row
 from chaser_auth.store.tables import OutboxMessage
+from chaser_auth.store.transactions import Store
 
 MAX_BATCH = 512
 T = TypeVar("T")
