@@ -1,6 +1,6 @@
 """What a sustained flood leaves on disk: reset requests for addresses with no account, each
 client within the default per-IP limit (10 a minute), from many clients, while the worker's
-hourly chores (`Runtime.housekeeping`) run with a clock that moves on by hours between them.
+hourly chores (`Housekeeping.run`) run with a clock that moves on by hours between them.
 
 The server (the app, its in-process delivery worker, SQLite, every setting at its default but
 the log level) runs in this process on a free port, its clock real time plus an offset. A
@@ -154,7 +154,7 @@ async def run(args: argparse.Namespace) -> None:
             await asyncio.sleep(max(0.0, started + step * args.step - time.monotonic()))
             clock.offset += timedelta(hours=args.hours)
             chores = time.monotonic()
-            await runtime.housekeeping()
+            await runtime.housekeeping.run()
             took = time.monotonic() - chores
             file_mb, used_mb, outbox, audit = await asyncio.to_thread(sizes, db)
             print(

@@ -1,4 +1,4 @@
-"""Retention: the worker's hourly chores (`Runtime.housekeeping`) keep what a flood leaves
+"""Retention: the worker's hourly chores (`Housekeeping.run`) keep what a flood leaves
 behind bounded. Delivered mail is kept for CHASER_AUTH_OUTBOX_RETENTION_HOURS, dead letters
 until an operator handles them, account events for CHASER_AUTH_AUDIT_RETENTION_DAYS, and what
 names no account — a request for an unknown address, a confirm with an unknown token — for
@@ -6,7 +6,7 @@ CHASER_AUTH_UNMATCHED_RETENTION_HOURS only. The clock is the app's injected one.
 
 from __future__ import annotations
 
-from chaser_auth.runtime import PURGE_CHUNK
+from chaser_auth.domain.housekeeping import PURGE_CHUNK
 from tests.conftest import EVERY_BACKEND, Served
 
 BACKENDS = EVERY_BACKEND
@@ -58,17 +58,17 @@ async def test_housekeeping_keeps_delivered_mail_for_its_retention_and_dead_lett
 
     # At the retention to the second the first row stays; a second past it, it goes.
     app.clock.advance(settings.outbox_retention_hours * HOUR // 2)
-    await app.runtime.housekeeping()
+    await app.runtime.housekeeping.run()
     assert await outbox_state(app) == both
     app.clock.advance(1)
-    await app.runtime.housekeeping()
+    await app.runtime.housekeeping.run()
     left = await outbox_state(app)
     assert sorted(left.values()) == [("dead", None), ("done", "sent")]
     assert left[newer] == ("done", "sent")
 
     # Dead letters wait for an operator however old they are; the newer row goes in its turn.
     app.clock.advance(365 * 24 * HOUR)
-    await app.runtime.housekeeping()
+    await app.runtime.housekeeping.run()
     assert sorted((await outbox_state(app)).values()) == [("dead", None)]
 
 
@@ -107,20 +107,20 @@ async def test_housekeeping_drops_what_names_no_account_after_the_short_retentio
 
     # Kept for the short retention to the second, and gone a second after it.
     app.clock.advance(settings.unmatched_retention_hours * HOUR)
-    await app.runtime.housekeeping()
+    await app.runtime.housekeeping.run()
     assert await outbox_state(app) == outbox
     assert await audit_state(app) == audit
     app.clock.advance(1)
-    await app.runtime.housekeeping()
+    await app.runtime.housekeeping.run()
     assert sorted((await outbox_state(app)).values()) == [("done", "sent")]
     assert ordered(await audit_state(app)) == ordered(named)
 
     # Account events stay for the full audit retention; then they go too.
     app.clock.advance((settings.audit_retention_days - 2) * 24 * HOUR)
-    await app.runtime.housekeeping()
+    await app.runtime.housekeeping.run()
     assert ordered(await audit_state(app)) == ordered(named)
     app.clock.advance(2 * 24 * HOUR)
-    await app.runtime.housekeeping()
+    await app.runtime.housekeeping.run()
     assert await audit_state(app) == []
 
 
@@ -144,7 +144,7 @@ async def test_housekeeping_purges_a_backlog_larger_than_one_chunk(app: Served) 
     app.clock.advance(app.settings.unmatched_retention_hours * HOUR + 1)
     await app.request_reset("young@example.com")
     await app.settle()
-    assert await app.runtime.audit_retention() == rows
+    assert await app.runtime.housekeeping.audit_retention() == rows
     assert await audit_state(app) == [("reset_requested", None)]
 
 
@@ -166,13 +166,13 @@ async def test_a_sign_up_nobody_confirms_leaves_when_its_link_expires(app: Serve
         return {user.email for user in await app.runtime.accounts.listing()}
 
     app.clock.advance(ttl - ttl // 2)
-    await app.runtime.housekeeping()
+    await app.runtime.housekeeping.run()
     assert await emails() == {"verified@example.com", "ghost@example.com", "late@example.com"}
     app.clock.advance(1)
-    await app.runtime.housekeeping()
+    await app.runtime.housekeeping.run()
     assert await emails() == {"verified@example.com", "late@example.com"}
     app.clock.advance(ttl // 2)
-    await app.runtime.housekeeping()
+    await app.runtime.housekeeping.run()
     assert await emails() == {"verified@example.com"}
 
     # The address is free again: a new sign-up makes a new account with a working link.

@@ -396,18 +396,13 @@ async def _users(runtime: Runtime, args: argparse.Namespace) -> int:
 
 
 async def _audit(runtime: Runtime, args: argparse.Namespace) -> int:
-    now = runtime.clock()
     if args.action == "purge":
-        count = await runtime.audit_retention()
+        count = await runtime.housekeeping.audit_retention()
         print(f"purged {count} event{'s' if count != 1 else ''}")
         return 0
-    async with runtime.store.tx() as tx:
-        events = await tx.audit.listing(
-            since=now - args.since if args.since else None,
-            event=args.event,
-            user_id=args.user,
-            limit=args.limit,
-        )
+    events = await runtime.housekeeping.audit_trail(
+        within=args.since, event=args.event, user_id=args.user, limit=args.limit
+    )
     print(f"{'at':20}  {'event':30}  {'user':36}  {'subject':16}  detail")
     for row in events:
         detail = json.dumps(row.detail, separators=(",", ":")) if row.detail else ""
@@ -430,26 +425,25 @@ async def _doctor(settings: Settings) -> int:
 
 
 async def _outbox(runtime: Runtime, args: argparse.Namespace) -> int:
-    now = runtime.clock()
-    async with runtime.store.tx() as tx:
-        if args.outbox_command == "list":
-            rows = await tx.outbox.listing(args.status)
+    housekeeping = runtime.housekeeping
+    if args.outbox_command == "list":
+        rows = await housekeeping.outbox_rows(args.status)
+        print(
+            f"{'id':36}  {'kind':24} {'status':7} {'tries':>5}  {'created':20} "
+            f"{'outcome / last error'}"
+        )
+        for row in rows:
             print(
-                f"{'id':36}  {'kind':24} {'status':7} {'tries':>5}  {'created':20} "
-                f"{'outcome / last error'}"
+                f"{row.id!s:36}  {row.kind:24} {row.status:7} {row.attempts:>5}  "
+                f"{row.created_at:%Y-%m-%dT%H:%M:%SZ} {row.outcome or row.last_error or ''}"
             )
-            for row in rows:
-                print(
-                    f"{row.id!s:36}  {row.kind:24} {row.status:7} {row.attempts:>5}  "
-                    f"{row.created_at:%Y-%m-%dT%H:%M:%SZ} {row.outcome or row.last_error or ''}"
-                )
-            return 0
-        if args.outbox_command == "retry":
-            if not await tx.outbox.revive(args.id, now):
-                print(f"chaser-auth: no dead letter {args.id}", file=sys.stderr)
-                return 1
-            print(f"queued {args.id} for delivery")
-            return 0
-        count = await tx.outbox.purge()
-        print(f"purged {count} message{'s' if count != 1 else ''}")
         return 0
+    if args.outbox_command == "retry":
+        if not await housekeeping.retry_dead_letter(args.id):
+            print(f"chaser-auth: no dead letter {args.id}", file=sys.stderr)
+            return 1
+        print(f"queued {args.id} for delivery")
+        return 0
+    count = await housekeeping.purge_outbox()
+    print(f"purged {count} message{'s' if count != 1 else ''}")
+    return 0

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 from chaser_auth.config import Settings, load_secret_key
 from chaser_auth.domain.accounts import AccountService
 from chaser_auth.domain.clock import Clock, utcnow
+from chaser_auth.domain.housekeeping import Housekeeping
 from chaser_auth.domain.outbox import AddressLimit
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.recovery import RecoveryService
@@ -23,9 +23,7 @@ from chaser_auth.ratelimit.limiter import Limiter
 from chaser_auth.store.engine import create_engine, create_inline_engine, sqlite_path
 from chaser_auth.store.intake import Intake, OutboxIntake, SqliteIntake
 from chaser_auth.store.notify import OutboxListener, is_postgres
-from chaser_auth.store.transactions import Store, Tx
-
-PURGE_CHUNK = 5000  # rows deleted per transaction by the retention chores
+from chaser_auth.store.transactions import Store
 
 
 def make_transport(settings: Settings) -> MailTransport:
@@ -47,6 +45,7 @@ class Runtime:
     accounts: AccountService
     recovery: RecoveryService
     registration: RegistrationService
+    housekeeping: Housekeeping
     wake: asyncio.Event
     transport: MailTransport  # the workers' unless one is given; its connections are kept
 
@@ -101,6 +100,17 @@ class Runtime:
                 hasher=hasher,
                 sessions=sessions,
             ),
+            housekeeping=Housekeeping(
+                store=store,
+                clock=clock,
+                keep_audit=timedelta(days=settings.audit_retention_days),
+                keep_unmatched=timedelta(hours=settings.unmatched_retention_hours),
+                keep_outbox=timedelta(hours=settings.outbox_retention_hours),
+                keep_pending_sign_up=timedelta(seconds=settings.verify_token_ttl),
+                address_window=timedelta(
+                    seconds=settings.limit("rate_limit_reset_per_address").get_expiry()
+                ),
+            ),
             wake=asyncio.Event(),
             transport=make_transport(settings),
         )
@@ -127,7 +137,7 @@ class Runtime:
             poll_interval=s.worker_poll_interval,
             wake=self.wake,
             listener=listener,
-            housekeeping=self.housekeeping,
+            housekeeping=self.housekeeping.run,
         )
 
     def _address_limit(self) -> AddressLimit:
@@ -135,59 +145,6 @@ class Runtime:
         if self.settings.redis_url:
             return PerAddressLimit(self.limiter, item)
         return StoredAddressLimit(self.store, self.clock, item)
-
-    async def audit_retention(self) -> int:
-        """Delete audit events older than CHASER_AUTH_AUDIT_RETENTION_DAYS, and those that name
-        no account (a reset request for an unknown address, a confirm with an unknown token)
-        older than CHASER_AUTH_UNMATCHED_RETENTION_HOURS; how many went."""
-        now = self.clock()
-        before = now - timedelta(days=self.settings.audit_retention_days)
-        unmatched = now - timedelta(hours=self.settings.unmatched_retention_hours)
-        return await self._in_chunks(lambda tx: tx.audit.purge(before, unmatched, PURGE_CHUNK))
-
-    async def outbox_retention(self) -> int:
-        """Delete delivered and otherwise finished outbox rows older than
-        CHASER_AUTH_OUTBOX_RETENTION_HOURS, those that name no account older than
-        CHASER_AUTH_UNMATCHED_RETENTION_HOURS; how many went. Dead letters stay for an
-        operator (`outbox retry`, `outbox purge`)."""
-        now = self.clock()
-        before = now - timedelta(hours=self.settings.outbox_retention_hours)
-        unmatched = now - timedelta(hours=self.settings.unmatched_retention_hours)
-        return await self._in_chunks(
-            lambda tx: tx.outbox.purge_done(before, unmatched, PURGE_CHUNK)
-        )
-
-    async def pending_sign_up_expiry(self) -> int:
-        """Delete accounts never verified whose newest sign-up's link has expired
-        (CHASER_AUTH_VERIFY_TOKEN_TTL): a sign-up nobody confirms leaves nothing behind, so a
-        flood of sign-ups for made-up addresses does not grow the accounts table, and the
-        address is free again. How many went."""
-        before = self.clock() - timedelta(seconds=self.settings.verify_token_ttl)
-        return await self._in_chunks(lambda tx: tx.users.purge_unverified(before, PURGE_CHUNK))
-
-    async def _in_chunks(self, purge: Callable[[Tx], Awaitable[int]]) -> int:
-        """Run `purge` (which deletes up to `PURGE_CHUNK` rows) a transaction at a time until
-        less than a chunk is left: an hour of a flood can be a million rows, and one
-        transaction for all of them would hold SQLite's write lock, and the request path
-        behind it, for seconds."""
-        total = 0
-        while True:
-            async with self.store.tx() as tx:
-                count = await purge(tx)
-            total += count
-            if count < PURGE_CHUNK:
-                return total
-
-    async def housekeeping(self) -> None:
-        """The worker's hourly chores: audit and outbox retention, sign-ups never verified,
-        and limit hits past their window."""
-        await self.audit_retention()
-        await self.outbox_retention()
-        await self.pending_sign_up_expiry()
-        window = self.settings.limit("rate_limit_reset_per_address").get_expiry()
-        before = self.clock() - timedelta(seconds=max(window, 86400))
-        async with self.store.tx() as tx:
-            await tx.limit_hits.purge(before)
 
     async def close(self) -> None:
         await self.transport.close()

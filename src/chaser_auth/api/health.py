@@ -53,7 +53,6 @@ async def readyz(runtime: RuntimeDep) -> HealthResponse:
     },
 )
 async def prometheus_metrics(runtime: RuntimeDep) -> Response:
-    async with runtime.store.tx() as tx:
-        depth, oldest, dead = await tx.outbox.stats()
+    depth, oldest, dead = await runtime.housekeeping.outbox_stats()
     body = metrics.render(depth, oldest, dead, runtime.clock())
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -60,7 +60,7 @@ BATCH = 256  # rows claimed per round
 SENDING = 16  # messages with the transport at once
 IN_FLIGHT = 64  # messages planned and not yet handed over, across rounds, before a round waits
 GATHER = 0.025  # seconds to let rows gather before a round (unless the last one was full)
-HOUSEKEEPING_INTERVAL = 3600.0  # seconds between chores (Runtime.housekeeping)
+HOUSEKEEPING_INTERVAL = 3600.0  # seconds between chores (Housekeeping.run)
 
 
 Plan = Letter | Skip | None
@@ -368,7 +368,7 @@ class Worker:
         async with self.store.tx() as tx:
             # A request's row was matched to its account while it was planned, after the claim
             # that `job` was read from: `mail_sent` names the account as the row does now, so
-            # that it is kept with the account's other events (Runtime.audit_retention).
+            # that it is kept with the account's other events (Housekeeping.audit_retention).
             unresolved = [job.id for job in sent if job.user_id is None]
             accounts = await tx.outbox.accounts_of(unresolved) if unresolved else {}
             events += [
