@@ -1,4 +1,4 @@
-"""POST /auth/password-reset/confirm and /verify (README, "HTTP API"; tokens.py's numbered list)."""
+"""POST /auth/password-reset/confirm and /verify (docs/api.md; tokens.py's numbered list)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""POST /auth/password-reset/request — the reset request (README, "HTTP API")."""
+"""POST /auth/password-reset/request — the reset request (docs/api.md)."""
 
 from __future__ import annotations
 

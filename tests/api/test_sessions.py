@@ -1,4 +1,4 @@
-"""Login, /auth/me, logout, and the session lifetimes (README, "HTTP API")."""
+"""Login, /auth/me, logout, and the session lifetimes (docs/api.md)."""
 
 from __future__ import annotations
 

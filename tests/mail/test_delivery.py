@@ -1,5 +1,5 @@
-"""The outbox and the delivery worker against a real SMTP server that misbehaves (README,
-"When something fails")."""
+"""The outbox and the delivery worker against a real SMTP server that misbehaves
+(docs/operations.md, "When something fails")."""
 
 from __future__ import annotations
 

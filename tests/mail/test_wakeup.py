@@ -1,5 +1,5 @@
 """Workers in other processes wake on PostgreSQL's LISTEN/NOTIFY, and fall back to polling when
-notifications are lost (README, "Deployment: PostgreSQL, Redis, many processes").
+notifications are lost (docs/deployment.md).
 
 The API runs without a worker; the worker runs on its own runtime (its own engine, limiter and
 wake event — what a separate `chaser-auth worker` process has). Its poll interval is an hour,

@@ -1,4 +1,5 @@
-"""No usable token at rest, nothing personal in logs (README, "Security decisions"; SECURITY.md).
+"""No usable token at rest, nothing personal in logs (docs/security.md, "Security decisions";
+SECURITY.md).
 
 The scenario runs the whole flow with every logger at DEBUG — what an operator chasing a
 problem would switch on — and then reads every log record and every byte of the database."""

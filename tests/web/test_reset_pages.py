@@ -1,6 +1,6 @@
 """The forgot-password and reset-password pages in a real Chromium, against the real server and a
 real SMTP server: the whole journey, every outcome the page can show, keyboard use, 320 px, and
-where the token goes (README, "Pages").
+where the token goes (docs/branding.md, "The pages").
 
 Every test fails if the page logged a console error (the `tab` fixtures check it).
 """

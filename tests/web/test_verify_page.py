@@ -1,5 +1,5 @@
 """The verify-email page in a real Chromium: registration email → link → one press verifies;
-opening the link (by a person or a scanner) verifies nothing (README, "Pages")."""
+opening the link (by a person or a scanner) verifies nothing (docs/branding.md, "The pages")."""
 
 from __future__ import annotations
 

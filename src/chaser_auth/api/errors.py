@@ -78,8 +78,8 @@ DATABASE_ERRORS = (DBAPIError, ConnectionError, TimeoutError)
 
 def database_error(exc: Exception) -> ChaserError:
     """What a database fault answers: unreachable, full, or locked past the busy timeout is a
-    clear 503 the client may retry, never a 500 (README, "When something fails": a 500 is
-    for our own bugs only); a statement the database refuses is our bug, a bare 500."""
+    clear 503 the client may retry, never a 500 (docs/operations.md, "When something fails":
+    a 500 is for our own bugs only); a statement the database refuses is our bug, a bare 500."""
     if isinstance(exc, DBAPIError) and not database_unavailable(exc):
         log.error("database error %s", type(exc.orig).__name__)
         return InternalError()

@@ -23,7 +23,7 @@ router = APIRouter(prefix="/auth/password-reset", tags=["subpackage_auth"])
 RESET_REQUEST_PATH = "/auth/password-reset/request"
 
 # One constant body for every address — known, unknown, malformed, throttled — so the bytes
-# cannot differ (README, "HTTP API"). It is pre-encoded: nothing per request goes into it.
+# cannot differ (docs/api.md). It is pre-encoded: nothing per request goes into it.
 REQUESTED = MessageResponse(
     message="If an account exists for this email address, a link to reset its password "
     "has been sent to it."

@@ -18,7 +18,7 @@ from chaser_auth.api.schemas import (
 
 router = APIRouter(prefix="/auth", tags=["subpackage_auth"])
 
-# One constant answer whether or not the address already has an account (README, "HTTP API").
+# One constant answer whether or not the address already has an account (docs/api.md).
 REGISTERED_BODY = (
     MessageResponse(
         message="Thank you. We have sent an email to this address: follow it to finish "

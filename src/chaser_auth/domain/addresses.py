@@ -1,6 +1,6 @@
 """How an email address typed by a person is matched to the address stored on an account.
 
-The rule (README, "Security decisions"), applied to the registration check and to every
+The rule (docs/security.md, "Security decisions"), applied to the registration check and to every
 look-up alike: trim the string; split at the last "@"; the domain is lowercased and
 IDNA-encoded (UTS #46, which also folds full-width forms); the local part is compared
 case-insensitively after Unicode NFC (full case folding, so "ß"/"ss", "ſ"/"s" and the Kelvin

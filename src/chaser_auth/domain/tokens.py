@@ -10,7 +10,7 @@ a guess offline (OWASP Forgot Password Cheat Sheet: "store tokens hashed").
 A reset token stops working, checked in this order (`recovery.RecoveryService.check`):
   1. its digest is not in the table (never issued, or mistyped);
   2. it was used: `used_at` is set by the one UPDATE that consumes it, so of two concurrent
-     confirms exactly one changes the row (README, "HTTP API");
+     confirms exactly one changes the row (docs/api.md);
   3. it was revoked: a newer link for the same account, any password change, or a successful
      reset revokes every outstanding link of the account at once;
   4. it expired: valid while now <= expires_at (valid at TTL, dead at TTL + 1 s);
@@ -48,7 +48,7 @@ def derive(secret: bytes, purpose: str, job_id: uuid.UUID) -> str:
 
     Derived rather than stored so that a retry after an SMTP failure or a worker crash sends
     the very same link (and Message-ID) without the outbox ever holding the token: only a
-    holder of the server secret can compute it (README, "Security decisions").
+    holder of the server secret can compute it (docs/security.md, "Security decisions").
     """
     return _b64(hmac.digest(secret, f"chaser-auth/{purpose}/".encode() + job_id.bytes, "sha256"))
 
