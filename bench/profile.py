@@ -114,8 +114,10 @@ def main() -> int:
         generate(server.port, body_file, script, load, load.warmup)
         raw = out / "profile.raw.txt"
         spy = subprocess.Popen(
-            [str(SPY), "record", "--gil", "-p", str(server.pid), "-r", str(args.rate)]
-            + ["-d", f"{args.duration:g}", "-f", "raw", "-o", str(raw), "--nonblocking"],
+            [
+                *(str(SPY), "record", "--gil", "-p", str(server.pid), "-r", str(args.rate)),
+                *("-d", f"{args.duration:g}", "-f", "raw", "-o", str(raw), "--nonblocking"),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,

@@ -119,7 +119,7 @@ class SmtpSink:
     fail_with: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if envelope.smtp_utf8:  # RFC 6532: the headers may hold UTF-8
             parsed = email.message_from_string(
                 envelope.content.decode("utf-8"), policy=email.policy.default

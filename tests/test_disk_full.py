@@ -40,7 +40,7 @@ AFTER = 3
 
 
 def run(*command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, check=False, timeout=30)  # noqa: S603
+    return subprocess.run(command, capture_output=True, text=True, check=False, timeout=30)
 
 
 @pytest.fixture

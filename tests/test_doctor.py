@@ -303,7 +303,7 @@ def test_loose_database_and_mail_files_warn_with_the_chmod_that_closes_them(
     assert database.stat().st_mode & 0o777 == 0o644
     assert mail.stat().st_mode & 0o777 == 0o755
     # ... and the command it gave closes every one of them.
-    subprocess.run(["/bin/sh", "-c", command], cwd=tmp_path, check=True)  # noqa: S603
+    subprocess.run(["/bin/sh", "-c", command], cwd=tmp_path, check=True)
     assert doctor(tmp_path).level("FILES") == "ok"
 
 

@@ -99,7 +99,7 @@ class HoldingSink(SmtpSink):
     waiting: int = 0  # DATA commands not answered yet
     last_data_at: float = field(default_factory=time.monotonic)
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         parsed = email.message_from_bytes(envelope.content, policy=email.policy.default)
         assert isinstance(parsed, EmailMessage)
         received = Received(envelope.mail_from, list(envelope.rcpt_tos), parsed)

@@ -64,7 +64,7 @@ class SlowSink(SmtpSink):
 
     sending: int = 0
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         with self.lock:
             self.sending += 1
         try:

@@ -223,7 +223,7 @@ def _upgrade_apart() -> int:
     """Apply pending migrations in a child interpreter with this one's environment (so the
     same settings): Alembic (about 10 MB) then never loads into a long-running process.
     Returns the child's exit status; on failure the child has said why, in one line."""
-    migrated = subprocess.run(  # noqa: S603 - our own interpreter and module
+    migrated = subprocess.run(
         [sys.executable, "-m", "chaser_auth", "migrate", "--quiet"],
         capture_output=True,
         text=True,
@@ -238,7 +238,7 @@ def _upgrade_apart() -> int:
 
 
 def _upgrade(database_url: str) -> None:
-    from chaser_auth.store import migrate  # noqa: PLC0415 - Alembic only where needed
+    from chaser_auth.store import migrate  # Alembic only where needed
 
     migrate.upgrade(database_url)
 
@@ -407,7 +407,7 @@ async def _audit(runtime: Runtime, args: argparse.Namespace) -> int:
     for row in events:
         detail = json.dumps(row.detail, separators=(",", ":")) if row.detail else ""
         print(
-            f"{row.at:%Y-%m-%dT%H:%M:%SZ}  {row.event:30}  {str(row.user_id or '-'):36}  "
+            f"{row.at:%Y-%m-%dT%H:%M:%SZ}  {row.event:30}  {row.user_id or '-'!s:36}  "
             f"{(row.subject or '-')[:16]:16}  {detail}"
         )
     return 0

@@ -41,7 +41,7 @@ logging.setLogRecordFactory(_record_with_request_id)
 
 # What no line of ours prints, so no record need gather it (the logging HOWTO, "Optimization"):
 # the caller's file and line (a walk up the stack on every record), thread and process ids.
-logging._srcfile = None  # noqa: SLF001 - the documented switch
+logging._srcfile = None  # the documented switch
 logging.logThreads = False
 logging.logProcesses = False
 logging.logMultiprocessing = False

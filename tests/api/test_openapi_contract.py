@@ -206,7 +206,7 @@ async def test_docs_page_loads_swagger_ui_from_this_origin_only(app: Served) -> 
     [script] = re.findall(r"<script>(.*?)</script>", html, re.S)
     digest = base64.b64encode(hashlib.sha256(script.encode()).digest()).decode()
     policy = dict(
-        (part.strip().split(" ", 1) + [""])[:2]
+        [*part.strip().split(" ", 1), ""][:2]
         for part in response.headers["content-security-policy"].split(";")
     )
     assert policy["script-src"] == f"'self' 'sha256-{digest}'"

@@ -60,7 +60,7 @@ class RedisProcess:
 
     def start(self, timeout: float = 10.0) -> None:
         assert self.process is None, "already running"
-        self.process = subprocess.Popen(  # noqa: S603 - a fixed binary and fixed arguments
+        self.process = subprocess.Popen(
             [
                 self.binary,
                 "--port",

@@ -184,7 +184,7 @@ async def test_reset_revokes_every_other_session(app: Served) -> None:
 
 async def test_password_changed_notice_is_sent_without_a_token(app: Served) -> None:
     await app.create_user("notice@example.com")
-    link, token = await app.reset_link("notice@example.com")
+    _, token = await app.reset_link("notice@example.com")
     assert (await confirm(app, token))[0] == 200
     assert app.smtp is not None
     received = await app.smtp.sink.wait_for(2, to="notice@example.com")

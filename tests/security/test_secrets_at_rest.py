@@ -145,7 +145,7 @@ async def test_database_holds_no_usable_token_or_password(app: Served, tmp_path:
 async def test_mail_files_hold_the_link_only_in_the_message(app: Served) -> None:
     # The outbox never holds a rendered message: nothing in it contains a link or a token.
     await app.create_user(ADDRESS)
-    link, token = await app.reset_link(ADDRESS)
+    _, token = await app.reset_link(ADDRESS)
     async with app.runtime.store.tx() as tx:
         rows = await tx.outbox.listing()
         assert rows

@@ -121,7 +121,7 @@ async def test_a_used_link_says_so_and_leads_to_a_new_one(site: Served, any_tab:
 
 async def test_an_expired_link_says_so(site: Served, clock: FakeClock, tab: Tab) -> None:
     await site.create_user("cat@example.com")
-    link, token = await site.reset_link("cat@example.com")
+    link, _ = await site.reset_link("cat@example.com")
     clock.advance(site.settings.reset_token_ttl + 1)
 
     await tab.page.goto(link)

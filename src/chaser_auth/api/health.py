@@ -37,7 +37,7 @@ async def healthz() -> HealthResponse:
 async def readyz(runtime: RuntimeDep) -> HealthResponse:
     try:
         await runtime.store.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure to answer means "not ready"
+    except Exception as exc:  # any failure to answer means "not ready"
         raise ServiceUnavailable(headers={"Retry-After": "5"}) from exc
     return HealthResponse(status="ready")
 

@@ -19,7 +19,7 @@ import tempfile
 import time
 from email.message import EmailMessage
 from pathlib import Path
-from typing import Protocol
+from typing import ClassVar, Protocol
 from urllib.parse import unquote, urlsplit
 
 import aiosmtplib
@@ -57,7 +57,7 @@ class SmtpTransport:
     just after taking a message but before answering, that message would go twice, with one
     Message-ID: delivery is at-least-once either way."""
 
-    DEFAULT_PORTS = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
+    DEFAULT_PORTS: ClassVar[dict[str, int]] = {"smtp": 25, "smtp+starttls": 587, "smtps": 465}
     KEEP = 16  # the worker's messages in flight at once (`worker.SENDING`)
     IDLE = 30.0
     PER_CONNECTION = 100

@@ -158,7 +158,7 @@ class Limiter:
         self._pool: ConnectionPool | None = None
         if redis_url:
             # Imported only when used: a process without Redis saves its memory.
-            from redis.asyncio import BlockingConnectionPool  # noqa: PLC0415
+            from redis.asyncio import BlockingConnectionPool
 
             # Blocking: a burst of more concurrent requests than the pool has connections
             # waits (up to REDIS_TIMEOUT) for one to come free. The default pool refuses at

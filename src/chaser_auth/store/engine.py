@@ -109,7 +109,7 @@ def _use_wal(cursor: Any) -> None:
         try:
             cursor.execute("PRAGMA journal_mode=WAL")
             return
-        except Exception as exc:  # noqa: BLE001 - the driver's OperationalError, by its text
+        except Exception as exc:  # the driver's OperationalError, by its text
             if "locked" not in str(exc) or attempt == WAL_SWITCH_TRIES - 1:
                 raise
             time.sleep(0.05)

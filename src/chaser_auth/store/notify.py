@@ -45,7 +45,7 @@ class OutboxListener:
 
     async def run(self, stop: asyncio.Event) -> None:
         # Imported here: a process on SQLite never needs it (and saves its memory).
-        import asyncpg  # type: ignore[import-untyped]  # noqa: PLC0415
+        import asyncpg  # type: ignore[import-untyped]
 
         while not stop.is_set():
             lost = asyncio.Event()

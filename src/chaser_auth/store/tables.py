@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import JSON, DateTime, ForeignKey, Index, Integer, String, TypeDecorator, Uuid
 from sqlalchemy.engine import Dialect
@@ -34,7 +34,10 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 class Base(DeclarativeBase):
     # none_as_null: a cleared payload is SQL NULL, not the JSON text "null".
-    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON(none_as_null=True)}
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime,
+        dict[str, Any]: JSON(none_as_null=True),
+    }
 
 
 class User(Base):
