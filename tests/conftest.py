@@ -96,12 +96,12 @@ class Received:
     def text(self) -> str:
         part = self.message.get_body(("plain",))
         assert part is not None
-        return str(part.get_content())  # type: ignore[attr-defined]
+        return str(part.get_content())
 
     def html(self) -> str:
         part = self.message.get_body(("html",))
         assert part is not None
-        return str(part.get_content())  # type: ignore[attr-defined]
+        return str(part.get_content())
 
     def link(self) -> tuple[str, str]:
         """(link, token) of the reset link in the text part."""
@@ -209,7 +209,7 @@ class Postgres:
         return parts._replace(scheme="postgresql+asyncpg", path=f"/{name}").geturl()
 
     async def _admin(self, *statements: str) -> None:
-        import asyncpg
+        import asyncpg  # type: ignore[import-untyped]
 
         connection = await asyncpg.connect(self.admin_url)
         try:

@@ -755,7 +755,9 @@ def test_serve_with_two_processes_on_one_sqlite_file_sends_each_mail_once(
         for address in addresses:
             mail_to(smtp, address, 2)
         rows = poll(
-            lambda: (r := outbox(tmp_path, env)) and all(x.status == "done" for x in r) and r,
+            lambda: (
+                r if (r := outbox(tmp_path, env)) and all(x.status == "done" for x in r) else None
+            ),
             "every outbox row done",
         )
         assert client.get("/readyz").status_code == 200

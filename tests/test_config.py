@@ -6,6 +6,7 @@ import secrets
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -19,7 +20,7 @@ from chaser_auth.config import (
 )
 
 
-def settings(tmp_path: Path, **values: object) -> Settings:
+def settings(tmp_path: Path, **values: Any) -> Settings:
     return Settings(_env_file=None, secret_key_file=tmp_path / "var" / "secret_key", **values)
 
 

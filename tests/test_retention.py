@@ -91,13 +91,13 @@ async def test_housekeeping_drops_what_names_no_account_after_the_short_retentio
     outbox = await outbox_state(app)
     assert sorted(outbox.values()) == [("done", "no_account")] * 3 + [("done", "sent")]
     audit = await audit_state(app)
-    unmatched = [
+    unmatched: list[tuple[str, str | None]] = [
         ("reset_requested", None),
         ("reset_requested", None),
         ("reset_requested", None),
         ("reset_confirm_failed", None),
     ]
-    named = [
+    named: list[tuple[str, str | None]] = [
         ("account_created", user),
         ("reset_requested", user),
         ("reset_token_issued", user),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -260,7 +261,7 @@ def two_per_minute(
     )
 
 
-async def statuses(app: Served, forwarded_for: list[str] | list[tuple[str, ...]]) -> list[int]:
+async def statuses(app: Served, forwarded_for: Sequence[str | tuple[str, ...]]) -> list[int]:
     """One reset request per X-Forwarded-For value, in order; their status codes. A tuple is
     sent as that many header lines."""
     answers = []

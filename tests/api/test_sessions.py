@@ -112,7 +112,7 @@ async def test_a_login_against_an_older_cheaper_hash_does_the_configured_work(
     assert right_blocks == configured
     async with app.runtime.store.tx() as tx:
         upgraded = await tx.users.get(user_id)
-    assert upgraded is not None
+    assert upgraded is not None and upgraded.password_hash is not None
     assert not hasher.needs_rehash(upgraded.password_hash)  # rehashed at the configured cost
 
     again_kinds, again_blocks = await attempt("early@example.com", PASSWORD, 200)

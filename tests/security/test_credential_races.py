@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -32,6 +32,9 @@ BACKENDS = EVERY_BACKEND
 # Negative: the logins (or the thief's change) start that many ms before the owner's reset;
 # positive: after it.
 OFFSETS_MS = (-30, -10, 0, 10)
+T = TypeVar("T")
+A = TypeVar("A")
+B = TypeVar("B")
 THIEF_PASSWORD = "the thief's own passphrase 9"
 
 
@@ -54,14 +57,12 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def later(delay_ms: float, call: Awaitable[httpx.Response]) -> httpx.Response:
+async def later(delay_ms: float, call: Awaitable[T]) -> T:
     await asyncio.sleep(max(delay_ms, 0) / 1000)
     return await call
 
 
-async def race(
-    first: Awaitable[httpx.Response], second: Awaitable[httpx.Response], offset_ms: float
-) -> tuple[httpx.Response, httpx.Response]:
+async def race(first: Awaitable[A], second: Awaitable[B], offset_ms: float) -> tuple[A, B]:
     """Start `first` `offset_ms` before `second` (after it, when negative)."""
     one, two = await asyncio.gather(later(-offset_ms, first), later(offset_ms, second))
     return one, two
