@@ -212,7 +212,7 @@ class Settings(BaseSettings):
         float,
         Field(
             gt=0,
-            description="backoff in seconds: base × 2^(attempt−1), capped at "
+            description="backoff in seconds: base × 2^(attempt-1), capped at "
             "`CHASER_AUTH_MAIL_RETRY_MAX`, with equal jitter",
         ),
     ] = 5.0
