@@ -17,13 +17,13 @@ import httpx
 import pytest
 
 from tests.conftest import (
-    DEFAULT_BUDGETS,
     EVERY_BACKEND,
     NEW_PASSWORD,
     PASSWORD,
     FakeClock,
     Served,
     Smtp,
+    default_budgets,
     make_settings,
     serve,
 )
@@ -36,7 +36,7 @@ VARYING = {"date", "x-request-id"}
 async def app(
     tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, Any]
 ) -> AsyncIterator[Served]:
-    settings = make_settings(tmp_path, smtp_url=smtp.url, **DEFAULT_BUDGETS, **backend_settings)
+    settings = make_settings(tmp_path, smtp_url=smtp.url, **default_budgets(), **backend_settings)
     async with serve(settings, clock, smtp) as served:
         yield served
 
