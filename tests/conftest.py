@@ -159,8 +159,9 @@ class Smtp:
         return f"smtp://127.0.0.1:{self.port}"
 
 
-@pytest.fixture
-def smtp() -> Iterator[Smtp]:
+@contextlib.contextmanager
+def smtp_server() -> Iterator[Smtp]:
+    """An aiosmtpd server on a free port of 127.0.0.1, in a thread of its own."""
     sink = SmtpSink()
     port = free_port()
     # aiosmtpd's Controller offers SMTPUTF8, as today's relays do (Postfix, Gmail).
@@ -170,6 +171,12 @@ def smtp() -> Iterator[Smtp]:
         yield Smtp(sink, port)
     finally:
         controller.stop()
+
+
+@pytest.fixture
+def smtp() -> Iterator[Smtp]:
+    with smtp_server() as server:
+        yield server
 
 
 # -- clock and settings -------------------------------------------------------------------------

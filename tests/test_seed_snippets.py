@@ -2,30 +2,42 @@
 
 The snippets are read from the seed's markdown fences (never copied here); the only change is
 the host, `https://api.chaser.sh` → `http://localhost:8000`, as docs/api.md promises. Mail goes
-to the conftest aiosmtpd sink, so "an email was sent" is a message that really arrived.
+to an aiosmtpd sink, so "an email was sent" is a message that really arrived.
+
+Port 8000 is where a developer's own `scripts/serve` runs. So that both can run at once, each
+test makes a private network namespace (Linux, CAP_SYS_ADMIN: root, as CI runs) with a
+loopback of its own, and starts its server, its SMTP sink and the snippets in there: the
+snippets' `localhost:8000` is then always the server this test started, on its own database.
+Where no namespace can be made, the machine's own port 8000 is used if it is free; otherwise
+the tests skip (fail under CHASER_AUTH_TEST_STRICT=1) and say why.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
+import ctypes
+import fcntl
 import os
 import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 import yaml
 
-from tests.conftest import LINK, PASSWORD, Received, Smtp, require
+from tests.conftest import LINK, PASSWORD, Received, Smtp, require, smtp_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT / "docs" / "seed" / "000_63cef650650d4c81.txt"
@@ -37,6 +49,9 @@ USER = "user@example.com"  # the address the seed's snippets ask about
 MESSAGE = (
     "If an account exists for this email address, a link to reset its password has been sent to it."
 )
+# In fallback mode (no namespace) the tests share the machine's port 8000: one worker runs them.
+pytestmark = pytest.mark.xdist_group("port-8000")
+T = TypeVar("T")
 
 
 # -- the seed document --------------------------------------------------------------------------
@@ -89,6 +104,86 @@ def response_schema() -> dict[str, Any]:
     return resolved
 
 
+# -- where localhost:8000 is ---------------------------------------------------------------------
+
+CLONE_NEWNET = 0x40000000  # <sched.h>
+SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1  # <linux/sockios.h>, <net/if.h>
+IFREQ = "16sH22x"  # struct ifreq: the interface name, then ifr_flags in a 24-byte union
+
+
+def enter_private_network() -> None:
+    """Move the calling thread (and whatever it starts: threads, processes, sockets) into a
+    new network namespace, and bring its loopback up."""
+    if not sys.platform.startswith("linux"):
+        raise OSError("network namespaces are Linux only")
+    libc = ctypes.CDLL(None, use_errno=True)
+    # unshare(2) moves only the calling thread: the rest of the test process stays put.
+    if libc.unshare(CLONE_NEWNET) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"unshare(CLONE_NEWNET): {os.strerror(code)}")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        current = fcntl.ioctl(sock, SIOCGIFFLAGS, struct.pack(IFREQ, b"lo", 0))
+        flags = struct.unpack(IFREQ, current)[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack(IFREQ, b"lo", flags | IFF_UP))
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass
+class Network:
+    """Runs calls on the network the snippets see: in a thread inside a private namespace
+    (`private`), or right here on the machine's own."""
+
+    pool: ThreadPoolExecutor | None
+
+    @property
+    def private(self) -> bool:
+        return self.pool is not None
+
+    def run(self, call: Callable[[], T]) -> T:
+        return call() if self.pool is None else self.pool.submit(call).result()
+
+
+@pytest.fixture
+def network() -> Iterator[Network]:
+    # One thread, kept for the whole test: every call runs in the namespace it entered.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="private-network")
+    try:
+        try:
+            pool.submit(enter_private_network).result()
+        except OSError as error:
+            pool.shutdown()
+            require(
+                port_is_free(PORT),
+                f"port {PORT} is busy and no private network namespace could be made for "
+                f"the server these tests start ({error}): run them as root (as CI does) or "
+                f"stop whatever listens on {PORT}",
+            )
+            yield Network(None)
+        else:
+            yield Network(pool)
+    finally:
+        pool.shutdown()
+
+
+@pytest.fixture
+def smtp(network: Network) -> Iterator[Smtp]:
+    """The conftest's SMTP sink, listening on the snippets' network."""
+    running = smtp_server()
+    server = network.run(running.__enter__)
+    try:
+        yield server
+    finally:
+        network.run(lambda: running.__exit__(None, None, None))
+
+
 # -- a real `chaser-auth serve` on port 8000 ----------------------------------------------------
 
 
@@ -106,22 +201,20 @@ class Server:
     env: dict[str, str]
     log_path: Path
     smtp: Smtp
+    network: Network
 
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def create_user(self, address: str, password: str = PASSWORD) -> None:
-        done = subprocess.run(
-            [str(CLI), "users", "create", address, "--password-stdin"],
-            input=password + "\n",
-            cwd=self.cwd,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=60,
+        create_user(self.cwd, self.env, address, password)
+
+    def run_snippet(self, command: list[str]) -> subprocess.CompletedProcess[str]:
+        return self.network.run(
+            lambda: subprocess.run(
+                command, cwd=self.cwd, env=base_env(), capture_output=True, text=True, timeout=60
+            )
         )
-        assert done.returncode == 0, done.stderr
-        assert re.fullmatch(r"created account [0-9a-f-]{36}\n", done.stdout), done.stdout
 
     def wait_for_mail(self, count: int, timeout: float = 15.0) -> list[Received]:
         deadline = time.monotonic() + timeout
@@ -136,57 +229,54 @@ class Server:
             time.sleep(0.02)
 
 
-def port_is_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-@pytest.fixture
-def server(tmp_path: Path, smtp: Smtp) -> Iterator[Server]:
-    """`chaser-auth serve --port 8000` in a fresh directory, mail to the aiosmtpd sink.
-
-    Function-scoped because `smtp` is: each test gets its own server, database and sink."""
-    if not port_is_free(PORT):
-        pytest.fail(
-            f"port {PORT} is busy: the seed's snippets name http://localhost:{PORT}, so these "
-            "tests need it free (stop whatever listens there)"
-        )
-    env = base_env(
-        CHASER_AUTH_SMTP_URL=smtp.url,
-        CHASER_AUTH_ARGON2_TIME_COST="1",
-        CHASER_AUTH_ARGON2_MEMORY_COST="1024",
-        CHASER_AUTH_ARGON2_PARALLELISM="1",
-        CHASER_AUTH_WORKER_POLL_INTERVAL="0.05",
+def create_user(cwd: Path, env: dict[str, str], address: str, password: str = PASSWORD) -> None:
+    done = subprocess.run(
+        [str(CLI), "users", "create", address, "--password-stdin"],
+        input=password + "\n",
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
-    log_path = tmp_path / "serve.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(CLI), "serve", "--port", str(PORT)],
-            cwd=tmp_path,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(r"created account [0-9a-f-]{36}\n", done.stdout), done.stdout
+
+
+@contextlib.contextmanager
+def serving(cwd: Path, env: dict[str, str], network: Network) -> Iterator[Path]:
+    """`chaser-auth serve --port 8000` in `cwd`, on `network`, until it answers /healthz;
+    stopped with SIGTERM on leaving. Yields the path of its log."""
+    log_path = cwd / "serve.log"
+
+    def log() -> str:
+        return log_path.read_text(encoding="utf-8", errors="replace")
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{PORT}/healthz", timeout=1).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    with log_path.open("wb") as out:
+        process = network.run(
+            lambda: subprocess.Popen(
+                [str(CLI), "serve", "--port", str(PORT)],
+                cwd=cwd,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         )
-    served = Server(tmp_path, env, log_path, smtp)
     try:
         deadline = time.monotonic() + 30
-        while True:
+        while not network.run(healthy):
             if process.poll() is not None:
-                pytest.fail(f"chaser-auth serve exited with {process.returncode}:\n{served.log()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{PORT}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
+                pytest.fail(f"chaser-auth serve exited with {process.returncode}:\n{log()}")
             if time.monotonic() > deadline:
-                pytest.fail(f"chaser-auth serve did not become healthy:\n{served.log()}")
+                pytest.fail(f"chaser-auth serve did not become healthy:\n{log()}")
             time.sleep(0.05)
-        served.create_user(USER)
-        yield served
+        yield log_path
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -194,13 +284,27 @@ def server(tmp_path: Path, smtp: Smtp) -> Iterator[Server]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
-            pytest.fail(f"chaser-auth serve ignored SIGTERM:\n{served.log()}")
+            pytest.fail(f"chaser-auth serve ignored SIGTERM:\n{log()}")
 
 
-def run_snippet(command: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        command, cwd=cwd, env=base_env(), capture_output=True, text=True, timeout=60
+@pytest.fixture
+def server(tmp_path: Path, smtp: Smtp, network: Network) -> Iterator[Server]:
+    """`chaser-auth serve --port 8000` in a fresh directory, mail to the aiosmtpd sink.
+
+    Function-scoped because `smtp` is: each test gets its own server, database and sink."""
+    if not network.private and not port_is_free(PORT):
+        pytest.fail(f"port {PORT} was taken while these tests were starting")
+    env = base_env(
+        CHASER_AUTH_SMTP_URL=smtp.url,
+        CHASER_AUTH_ARGON2_TIME_COST="1",
+        CHASER_AUTH_ARGON2_MEMORY_COST="1024",
+        CHASER_AUTH_ARGON2_PARALLELISM="1",
+        CHASER_AUTH_WORKER_POLL_INTERVAL="0.05",
     )
+    with serving(tmp_path, env, network) as log_path:
+        served = Server(tmp_path, env, log_path, smtp, network)
+        served.create_user(USER)
+        yield served
 
 
 def assert_reset_link(received: Received) -> None:
@@ -227,7 +331,7 @@ def test_python_snippet_runs_verbatim_and_a_reset_email_arrives(server: Server) 
     script = server.cwd / "snippet.py"
     script.write_text(localised(seed_block("python")), encoding="utf-8")
 
-    done = run_snippet([sys.executable, str(script)], server.cwd)
+    done = server.run_snippet([sys.executable, str(script)])
 
     assert done.returncode == 0, done.stderr + server.log()
     assert done.stderr == ""
@@ -246,7 +350,7 @@ def test_javascript_snippet_runs_verbatim_and_a_reset_email_arrives(server: Serv
     script = server.cwd / "snippet.mjs"
     script.write_text(localised(seed_block("javascript")), encoding="utf-8")
 
-    done = run_snippet([node, str(script)], server.cwd)
+    done = server.run_snippet([node, str(script)])
 
     assert done.returncode == 0, done.stderr + server.log()
     assert done.stderr == "", "the snippet's catch branch logs errors to stderr"
@@ -261,8 +365,10 @@ def test_javascript_snippet_runs_verbatim_and_a_reset_email_arrives(server: Serv
 def test_response_honours_the_seeds_openapi_schema(server: Server) -> None:
     schema = response_schema()
     assert schema["type"] == "object"
-    response = httpx.post(
-        f"{LOCAL_HOST}/auth/password-reset/request", json={"email": USER}, timeout=30
+    response = server.network.run(
+        lambda: httpx.post(
+            f"{LOCAL_HOST}/auth/password-reset/request", json={"email": USER}, timeout=30
+        )
     )
     assert response.status_code == 200
     assert response.headers["content-type"].split(";")[0] == "application/json"
@@ -276,3 +382,30 @@ def test_response_honours_the_seeds_openapi_schema(server: Server) -> None:
     assert body["message"] == MESSAGE
     [received] = server.wait_for_mail(1)
     assert_reset_link(received)
+
+
+def test_snippets_reach_our_server_while_another_holds_port_8000(
+    tmp_path_factory: pytest.TempPathFactory, network: Network, server: Server
+) -> None:
+    """A developer's `scripts/serve` on the machine's port 8000 (here a real `chaser-auth
+    serve` that knows the same account) neither breaks the snippet tests nor gets their
+    requests: the mail arrives at this test's sink, none at the other server."""
+    require(network.private, "needs a private network namespace (run as root, as CI does)")
+    theirs = tmp_path_factory.mktemp("theirs")
+    env = base_env(CHASER_AUTH_ARGON2_TIME_COST="1", CHASER_AUTH_ARGON2_MEMORY_COST="1024")
+    with contextlib.ExitStack() as stack:
+        if port_is_free(PORT):  # else something else already holds it: just as good
+            stack.enter_context(serving(theirs, env, Network(None)))
+            create_user(theirs, env, USER)
+        assert not port_is_free(PORT)
+        script = server.cwd / "snippet.py"
+        script.write_text(localised(seed_block("python")), encoding="utf-8")
+
+        done = server.run_snippet([sys.executable, str(script)])
+
+        assert done.returncode == 0, done.stderr + server.log()
+        assert done.stdout == repr({"message": MESSAGE}) + "\n"
+        [received] = server.wait_for_mail(1)
+        assert_reset_link(received)
+    # Their server writes its mail to ./var/mail (the embedded default): it got no request.
+    assert list(theirs.glob("var/mail/*.eml")) == []
