@@ -377,6 +377,7 @@ class Worker:
                 )
                 for job in sent
             ]
+            await tx.outbox.lock([job.id for job, _, _ in done])  # no deadlock with `_renew`
             for outcome, ids in finished.items():
                 await tx.outbox.finish_many(ids, outcome, now)
             await tx.audit.record_many(events)

@@ -413,6 +413,20 @@ class Outbox:
         )
         return {message: account for message, account in rows}
 
+    async def lock(self, message_ids: Sequence[uuid.UUID]) -> None:
+        """Lock these rows for this transaction, in id order (a no-op on SQLite, whose writers
+        are serialised anyway)."""
+        # `renew` takes its rows in id order too: two transactions that lock the same rows in
+        # different orders deadlock on PostgreSQL, and a sent message whose outcome is lost
+        # to a deadlock is sent again after its lease.
+        table = _table(OutboxMessage)
+        await self.db.execute(
+            select(table.c.id)
+            .where(table.c.id.in_(message_ids))
+            .order_by(table.c.id)
+            .with_for_update()
+        )
+
     async def finish_many(
         self, message_ids: Sequence[uuid.UUID], outcome: str, now: datetime
     ) -> None:
@@ -439,7 +453,7 @@ class Outbox:
         it holds; the ids renewed. A row that was finished, or whose lease ran out and another
         worker claimed it (a different lease), is left as it is."""
         renewed = []
-        for message_id, lease in held:
+        for message_id, lease in sorted(held):  # in id order, as `lock` takes them
             result = await self.db.execute(
                 update(OutboxMessage)
                 .where(
