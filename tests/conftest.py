@@ -8,8 +8,8 @@ Tests that need something a fresh machine may lack (node, PostgreSQL, Chromium�
 Backends: a test module sets `BACKENDS` to the (database, limits) pairs its tests run on —
 ("sqlite", "memory") when it does not say — and its `app` and `database_url` fixtures follow.
 On PostgreSQL every test gets a database of its own, copied from a migrated template that this
-run created (so runs never collide, and each test starts empty); on Redis every test gets a key
-prefix of its own. Both are dropped at the end.
+run's worker created (so runs and parallel workers never collide, and each test starts empty);
+on Redis every test gets a key prefix of its own. Both are dropped when the test ends.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import secrets
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -82,6 +83,20 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give every test a node id of its own. pytest-xdist hands tests to its workers by node
+    id, and runs one test per id: Schemathesis names every operation of a parametrized test
+    alike (`…::test_served_api_with_a_session`), so all but one of them would not run."""
+    for item in items:
+        if item.nodeid.rpartition("::")[2] != item.name and item.parent is not None:
+            item._id = item.parent.id.child(item.name)  # as pytest names any other item
+    seen = Counter(item.nodeid for item in items)
+    doubled = sorted(nodeid for nodeid, count in seen.items() if count > 1)
+    if doubled:
+        raise pytest.UsageError(f"tests with the same node id (xdist would run one): {doubled}")
 
 
 # -- SMTP ---------------------------------------------------------------------------------------
@@ -235,6 +250,22 @@ class Postgres:
         self.created.append(name)
         return self.url(name)
 
+    def drop(self, url: str) -> None:
+        """Drop a database that `create` made (whoever is still connected is cut off)."""
+        name = urlsplit(url).path.lstrip("/")
+        assert name in self.created and name != self.template
+        asyncio.run(self._admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        self.created.remove(name)
+
+    @contextlib.contextmanager
+    def database(self, *, migrated: bool = True) -> Iterator[str]:
+        """The URL of a new database (see `create`), dropped on leaving."""
+        url = self.create(migrated=migrated)
+        try:
+            yield url
+        finally:
+            self.drop(url)
+
     def start(self) -> None:
         asyncio.run(self._admin(f'CREATE DATABASE "{self.template}"'))
         self.created.append(self.template)
@@ -257,12 +288,16 @@ def postgres() -> Iterator[Postgres]:
 
 
 @pytest.fixture
-def database_url(request: pytest.FixtureRequest, tmp_path: Path, backend: tuple[str, str]) -> str:
-    """A fresh, migrated database on the backend under test."""
+def database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: tuple[str, str]
+) -> Iterator[str]:
+    """A fresh, migrated database on the backend under test, dropped when the test ends."""
     if backend[0] == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/auth.db"
+        yield f"sqlite+aiosqlite:///{tmp_path}/auth.db"
+        return
     server: Postgres = request.getfixturevalue("postgres")
-    return server.create()
+    with server.database() as url:
+        yield url
 
 
 @pytest.fixture

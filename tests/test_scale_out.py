@@ -146,9 +146,10 @@ def holding_smtp() -> Iterator[tuple[HoldingSink, str]]:
 
 
 @pytest.fixture
-def pg_url(postgres: Postgres) -> str:
-    """A fresh, migrated PostgreSQL database of this test's own (dropped with the run's)."""
-    return postgres.create()
+def pg_url(postgres: Postgres) -> Iterator[str]:
+    """A fresh, migrated PostgreSQL database of this test's own, dropped when it ends."""
+    with postgres.database() as url:
+        yield url
 
 
 @pytest.fixture

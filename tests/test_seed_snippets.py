@@ -49,8 +49,6 @@ USER = "user@example.com"  # the address the seed's snippets ask about
 MESSAGE = (
     "If an account exists for this email address, a link to reset its password has been sent to it."
 )
-# In fallback mode (no namespace) the tests share the machine's port 8000: one worker runs them.
-pytestmark = pytest.mark.xdist_group("port-8000")
 T = TypeVar("T")
 
 

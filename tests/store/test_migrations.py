@@ -9,7 +9,7 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from chaser_auth.store import migrate
 from chaser_auth.store.engine import sqlite_path
 from chaser_auth.store.tables import Base, UTCDateTime
-from tests.conftest import EVERY_BACKEND
+from tests.conftest import EVERY_BACKEND, Postgres
 
 BACKENDS = EVERY_BACKEND
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,15 +35,18 @@ T = TypeVar("T")
 
 
 @pytest.fixture
-def empty_url(request: pytest.FixtureRequest, tmp_path: Path, backend: tuple[str, str]) -> str:
+def empty_url(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: tuple[str, str]
+) -> Iterator[str]:
     """A new, empty database on the backend under test: an SQLite file that does not exist
-    yet, or a PostgreSQL database of this test's own with no tables."""
+    yet, or a PostgreSQL database of this test's own with no tables (dropped when it ends)."""
     if backend[0] == "sqlite":
-        return f"sqlite+aiosqlite:///{tmp_path}/auth.db"
+        yield f"sqlite+aiosqlite:///{tmp_path}/auth.db"
+        return
     # Only PostgreSQL runs ask for the server, so a machine without one still runs SQLite.
-    server = request.getfixturevalue("postgres")
-    url: str = server.create(migrated=False)
-    return url
+    server: Postgres = request.getfixturevalue("postgres")
+    with server.database(migrated=False) as url:
+        yield url
 
 
 # -- backend-neutral inspection (SQLAlchemy's async engine: asyncpg or aiosqlite) ---------------
