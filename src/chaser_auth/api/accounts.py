@@ -53,7 +53,7 @@ async def login(body: LoginRequest, request: Request, runtime: RuntimeDep) -> Au
     #   Counted before the verification, so attempts in flight count too.
     now = time.time()
     client = client_key(request)
-    subject = tokens.keyed_hash(runtime.secret, address_key(body.email) or body.email)
+    subject = account_subject(runtime, body.email)
     failures = runtime.settings.limit("rate_limit_login")
     account = runtime.settings.limit("rate_limit_login_per_account")
     await runtime.limiter.blocked(failures, "login", f"{subject}:{client}", now)
@@ -70,10 +70,17 @@ async def login(body: LoginRequest, request: Request, runtime: RuntimeDep) -> Au
     return AuthResponse(email=result.email, token=result.token, user_id=str(result.user_id))
 
 
+def account_subject(runtime: Runtime, email: str) -> str:
+    """What the per-account login budgets count: a keyed hash of the address as matched
+    (normalised; the string itself when it is no address), so every spelling of one address,
+    and an address with no account alike, share one count and no key holds an address."""
+    return tokens.keyed_hash(runtime.secret, address_key(email) or email)
+
+
 async def forgive_login_failures(runtime: Runtime, email: str) -> None:
     """After a password reset: the account's login budget across clients starts afresh, so
     someone who spent it guessing cannot keep the owner out once they have taken it back."""
-    subject = tokens.keyed_hash(runtime.secret, address_key(email) or email)
+    subject = account_subject(runtime, email)
     await runtime.limiter.clear(
         runtime.settings.limit("rate_limit_login_per_account"), "login-account", subject
     )
