@@ -85,7 +85,10 @@ def _sqlite_hooks(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # Every transaction takes the write lock at BEGIN, so two never deadlock upgrading a
+        # read; a connection marked `read_only` (the readiness check) needs no lock to wait on.
+        read_only = connection.get_execution_options().get("read_only", False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def sqlite_pragmas(dbapi_connection: Any) -> None:

@@ -124,7 +124,10 @@ class Store:
         return self._turns if self._turns is not None else contextlib.nullcontext()
 
     async def ping(self) -> None:
+        """A query the database must answer; it waits for no writer (on SQLite, a deferred
+        BEGIN: no write lock)."""
         async with self.engine.connect() as connection:
+            await connection.execution_options(read_only=True)
             await connection.execute(text("SELECT 1"))
 
     async def close(self) -> None:
