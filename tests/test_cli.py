@@ -197,6 +197,10 @@ def serving(cwd: Path, env: dict[str, str], *extra: str) -> Iterator[str]:
 
         def healthy() -> bool:
             proc.assert_alive()
+            # Ours, not whoever took the free port first (another test's server would answer
+            # /healthz too): uvicorn says where it runs once it holds the socket.
+            if f"Uvicorn running on {url}" not in proc.log():
+                return False
             try:
                 return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
             except httpx.TransportError:
