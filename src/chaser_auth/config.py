@@ -180,9 +180,27 @@ class Settings(BaseSettings):
     )
     rate_limit_token_per_ip: str = Field(
         default="30/minute",
-        description="tries per client address at the endpoints that take a link's token "
-        "(`password-reset/confirm`, `password-reset/verify`, `verify-email`), counted together",
+        description="tries per client address at the endpoints that take a link's token or "
+        "a one-time code (`password-reset/confirm`, `password-reset/verify`, "
+        "`password-reset/code`, `verify-email`, `verify-email/code`), counted together",
     )
+    rate_limit_code_per_address: str = Field(
+        default="10/hour",
+        description="tries at the one-time codes of one address (as typed, normalised — known "
+        "or not), `password-reset/code` and `verify-email/code` together, from all clients; "
+        "each try also counts against `CHASER_AUTH_RATE_LIMIT_TOKEN_PER_IP`. With "
+        "`CHASER_AUTH_CODE_TRIES` it bounds an attacker's odds: see "
+        "[One-time codes](security.md#one-time-codes)",
+    )
+    code_tries: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=20,
+            description="tries a one-time code answers before it dies (its link keeps "
+            "working); the right code counts as a try too",
+        ),
+    ] = 5
     rate_limit_register_per_ip: str = Field(
         default="20/hour", description="sign-ups per client address (each one hashes a password)"
     )
@@ -303,6 +321,7 @@ class Settings(BaseSettings):
         "rate_limit_login_per_ip",
         "rate_limit_login_per_account",
         "rate_limit_token_per_ip",
+        "rate_limit_code_per_address",
         "rate_limit_register_per_ip",
         "mail_rate",
     )

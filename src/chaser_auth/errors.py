@@ -5,6 +5,7 @@
     ├── InvalidAddress               invalid_email        422     domain (register, users create)
     ├── PayloadTooLarge              payload_too_large    413     api (body over the cap)
     ├── InvalidToken                 invalid_token        400     domain.recovery / sessions
+    ├── InvalidCode                  invalid_code         400     domain (a one-time code)
     ├── WeakPassword                 weak_password        422     domain.passwords
     ├── InvalidCredentials           invalid_credentials  401     domain.accounts (login)
     ├── IncorrectPassword            incorrect_password   403     domain.accounts (change)
@@ -74,6 +75,15 @@ class InvalidToken(ChaserError):
     def __init__(self, message: str | None = None, *, reason: str = "invalid") -> None:
         super().__init__(message)
         self.reason = reason  # "expired" or "invalid": for metrics, never for the client
+
+
+class InvalidCode(ChaserError):
+    """A one-time code refused: wrong, for an address with no account or no live link, used,
+    superseded, expired or out of tries — one answer for all."""
+
+    status = 400
+    code = "invalid_code"
+    message = "This code is wrong or no longer works. Check the newest email, or ask for a new one."
 
 
 class WeakPassword(ChaserError):

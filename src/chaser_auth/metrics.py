@@ -45,12 +45,13 @@ MAIL = Counter(
 LIMITED = Counter(
     "chaser_auth_rate_limited_total",
     "Requests or mails refused by a rate limit, by scope (ip, register-ip, login, "
-    "password-change, address, mail-rate).",
+    "password-change, address, code-address, mail-rate).",
     ["scope"],
 )
 TOKENS = Counter(
     "chaser_auth_tokens_total",
-    "Link tokens by purpose (reset, verify) and event (issued, consumed, expired, invalid).",
+    "Link tokens by purpose (reset, verify) and event (issued, consumed, expired, invalid, "
+    "code_redeemed, code_refused).",
     ["purpose", "event"],
 )
 

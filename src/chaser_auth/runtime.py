@@ -18,7 +18,7 @@ from chaser_auth.domain.sessions import SessionService
 from chaser_auth.mail.messages import Renderer
 from chaser_auth.mail.transport import FileTransport, MailTransport, SmtpTransport
 from chaser_auth.mail.worker import Worker
-from chaser_auth.ratelimit.address import PerAddressLimit, StoredAddressLimit
+from chaser_auth.ratelimit.address import CodeTries, PerAddressLimit, StoredAddressLimit
 from chaser_auth.ratelimit.limiter import Limiter
 from chaser_auth.store.engine import create_engine, create_inline_engine, sqlite_path
 from chaser_auth.store.intake import Intake, OutboxIntake, SqliteIntake
@@ -46,6 +46,7 @@ class Runtime:
     recovery: RecoveryService
     registration: RegistrationService
     housekeeping: Housekeeping
+    code_tries: CodeTries  # the per-address budget of tries at one-time codes
     wake: asyncio.Event
     transport: MailTransport  # the workers' unless one is given; its connections are kept
 
@@ -61,6 +62,7 @@ class Runtime:
         sessions = SessionService(
             store, clock, secret, settings.session_idle_ttl, settings.session_max_ttl
         )
+        limiter = Limiter(settings.redis_url, settings.redis_key_prefix)
         path = sqlite_path(settings.database_url)
         intake: Intake = (
             SqliteIntake(path, store.write_lock) if path is not None else OutboxIntake(store)
@@ -70,7 +72,7 @@ class Runtime:
             clock=clock,
             secret=secret,
             store=store,
-            limiter=Limiter(settings.redis_url, settings.redis_key_prefix),
+            limiter=limiter,
             policy=policy,
             hasher=hasher,
             sessions=sessions,
@@ -88,6 +90,7 @@ class Runtime:
                 hasher=hasher,
                 sessions=sessions,
                 notify_unknown=settings.notify_unknown,
+                code_tries=settings.code_tries,
             ),
             registration=RegistrationService(
                 store=store,
@@ -99,6 +102,7 @@ class Runtime:
                 policy=policy,
                 hasher=hasher,
                 sessions=sessions,
+                code_tries=settings.code_tries,
             ),
             housekeeping=Housekeeping(
                 store=store,
@@ -108,8 +112,18 @@ class Runtime:
                 keep_outbox=timedelta(hours=settings.outbox_retention_hours),
                 keep_pending_sign_up=timedelta(seconds=settings.verify_token_ttl),
                 address_window=timedelta(
-                    seconds=settings.limit("rate_limit_reset_per_address").get_expiry()
+                    seconds=max(
+                        settings.limit("rate_limit_reset_per_address").get_expiry(),
+                        settings.limit("rate_limit_code_per_address").get_expiry(),
+                    )
                 ),
+            ),
+            code_tries=CodeTries(
+                limiter,
+                store,
+                clock,
+                settings.limit("rate_limit_code_per_address"),
+                shared=bool(settings.redis_url),
             ),
             wake=asyncio.Event(),
             transport=make_transport(settings),

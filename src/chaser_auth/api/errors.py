@@ -39,6 +39,22 @@ ERROR_TEXT = {
 }
 
 
+CODE_ERROR_TEXT = {
+    400: "invalid_code: a wrong code, an address with no account or no live link, a used, "
+    "superseded or expired code, or one out of tries — one answer for all",
+    429: "Too many tries from this client address (X-RateLimit-Scope: token-ip), or at the "
+    "codes of this address from everywhere (code-address) — the same for every address",
+}
+
+
+def code_error_responses() -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries of the one-time code exchanges."""
+    texts = {**ERROR_TEXT, **CODE_ERROR_TEXT}
+    return {
+        code: {"model": ErrorResponse, "description": texts[code]} for code in (400, 413, 422, 429)
+    }
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI `responses` entries for these error statuses, all in the one error shape."""
     return {code: {"model": ErrorResponse, "description": ERROR_TEXT[code]} for code in codes}

@@ -6,12 +6,14 @@ import time
 
 from fastapi import APIRouter, Request, Response
 
-from chaser_auth.api.accounts import forgive_login_failures
+from chaser_auth.api.accounts import account_subject, forgive_login_failures
 from chaser_auth.api.deps import RuntimeDep, client_key
-from chaser_auth.api.errors import error_responses
+from chaser_auth.api.errors import code_error_responses, error_responses
 from chaser_auth.api.schemas import (
     AuthResponse,
+    CodeRequest,
     MessageResponse,
+    PasswordResetCodeResponse,
     PasswordResetConfirmRequest,
     PasswordResetRequest,
     PasswordResetVerifyRequest,
@@ -106,3 +108,33 @@ async def verify_password_reset(
     await spend_token_attempt(runtime, request)
     row, _ = await runtime.recovery.check(body.token)
     return PasswordResetVerifyResponse(valid=True, expires_at=row.expires_at)
+
+
+async def spend_code_attempt(runtime: Runtime, request: Request, email: str) -> str:
+    """Every try at a one-time code counts twice before the code is looked at: against the
+    client's token budget (`spend_token_attempt`), and against the address's budget of code
+    tries from all clients together (`CHASER_AUTH_RATE_LIMIT_CODE_PER_ADDRESS`; in Redis when
+    it is configured, else in the database, so every process shares it) — counted by the
+    address as typed, normalised, so an address with no account is counted, and refused,
+    exactly like one with an account. The client's key."""
+    client = await spend_token_attempt(runtime, request)
+    await runtime.code_tries.spend(account_subject(runtime, email))
+    return client
+
+
+@router.post(
+    "/code",
+    operation_id="exchange-password-reset-code",
+    summary="Exchange the one-time code from a reset email for the link's token",
+    response_model=PasswordResetCodeResponse,
+    responses={
+        200: {"description": "The code was right: the token works with confirm as the link's"},
+        **code_error_responses(),
+    },
+)
+async def exchange_password_reset_code(
+    body: CodeRequest, request: Request, runtime: RuntimeDep
+) -> PasswordResetCodeResponse:
+    client = await spend_code_attempt(runtime, request, body.email)
+    token, expires_at = await runtime.recovery.exchange_code(body.email, body.code, client=client)
+    return PasswordResetCodeResponse(token=token, expires_at=expires_at)

@@ -73,6 +73,21 @@ class PasswordResetVerifyResponse(Schema):
     expires_at: datetime
 
 
+class CodeRequest(Schema):
+    """The address a one-time code was mailed to, and the code (spaces and hyphens allowed)."""
+
+    email: str
+    code: str
+
+
+class PasswordResetCodeResponse(Schema):
+    """The reset link's token, for `password-reset/confirm` (or `verify`) as from the link;
+    it works until `expires_at`."""
+
+    token: str
+    expires_at: datetime
+
+
 class VerifyEmailRequest(Schema):
     """Request body for email verification completion."""
 

@@ -7,10 +7,11 @@ import time
 from fastapi import APIRouter, Request, Response
 
 from chaser_auth.api.deps import RuntimeDep, client_key
-from chaser_auth.api.errors import error_responses
-from chaser_auth.api.reset import spend_token_attempt
+from chaser_auth.api.errors import code_error_responses, error_responses
+from chaser_auth.api.reset import spend_code_attempt, spend_token_attempt
 from chaser_auth.api.schemas import (
     AuthResponse,
+    CodeRequest,
     MessageResponse,
     RegisterRequest,
     VerifyEmailRequest,
@@ -65,4 +66,22 @@ async def verify_email(
 ) -> AuthResponse:
     client = await spend_token_attempt(runtime, request)
     result = await runtime.registration.verify(body.token, client=client)
+    return AuthResponse(email=result.email, token=result.token, user_id=str(result.user_id))
+
+
+@router.post(
+    "/verify-email/code",
+    operation_id="verify-email-code",
+    summary="Verify Email with the one-time code from the verification email",
+    response_model=AuthResponse,
+    responses={
+        200: {"description": "Email verified and session created"},
+        **code_error_responses(),
+    },
+)
+async def verify_email_code(
+    body: CodeRequest, request: Request, runtime: RuntimeDep
+) -> AuthResponse:
+    client = await spend_code_attempt(runtime, request, body.email)
+    result = await runtime.registration.verify_code(body.email, body.code, client=client)
     return AuthResponse(email=result.email, token=result.token, user_id=str(result.user_id))

@@ -6,6 +6,11 @@ retried send carries the very same link without the outbox ever holding the toke
 when it is printed rather than mailed. Only the token's digest is stored, one table per
 purpose. See `tokens` for the numbered reasons a link stops working; `usable` is the stored
 half of them (used, revoked, expired), and each service adds its own about the account.
+
+A mailed link carries a one-time code beside it (`tokens.derive_code`), standing for the same
+token: it lives exactly as long as the link (used, revoked, expired — it is checked against the
+same row), is used up once redeemed, and dies after `tries` tries. Only its keyed digest is
+stored, in the link's row (`redeem_code`).
 """
 
 from __future__ import annotations
@@ -81,9 +86,10 @@ class Links(Generic[T]):
         for i, (user_id, job_id) in enumerate(grants):
             token = tokens.new_token() if job_id is None else self.token_of(job_id)
             minted.append(token)
+            link_id = uuid.uuid4()
             rows.append(
                 {
-                    "id": uuid.uuid4(),
+                    "id": link_id,
                     "user_id": user_id,
                     "token_digest": tokens.digest(self.secret, token),
                     "outbox_id": job_id,
@@ -91,6 +97,13 @@ class Links(Generic[T]):
                     "expires_at": now + self.ttl,
                     "used_at": None,
                     "revoked_at": None if newest[user_id] == i else now,
+                    # a printed link has no code: it is handed over, not typed from a mail
+                    "code_digest": None
+                    if job_id is None
+                    else tokens.code_digest(
+                        self.secret, self.purpose, link_id, self.code_of(job_id)
+                    ),
+                    "code_attempts": 0,
                 }
             )
         await links.add_many(rows)
@@ -104,11 +117,35 @@ class Links(Generic[T]):
         """The token of the link mailed for outbox row `job_id`."""
         return tokens.derive(self.secret, self.purpose, job_id)
 
+    def code_of(self, job_id: uuid.UUID) -> str:
+        """The one-time code mailed beside the link of outbox row `job_id`."""
+        return tokens.derive_code(self.secret, self.purpose, job_id)
+
     # -- checking -----------------------------------------------------------------------------
 
     async def find(self, tx: Tx, token: str) -> T | None:
         """The stored link of a well-formed `token` (`tokens.is_well_formed`), if any."""
         return await self.table(tx).by_digest(tokens.digest(self.secret, token))
+
+    async def redeem_code(
+        self, tx: Tx, email_key: str, code: str, now: datetime, tries: int
+    ) -> T | None:
+        """The link whose one-time code `code` (normalised, `tokens.normal_code`) is, for the
+        account at `email_key`, with the code used up by this call; else None.
+
+        The same statements run whether or not the address has an account, a live link or the
+        right code — the look-up by address, one try counted (`LinkTokens.try_code`: an
+        UPDATE of no row when there is no live code), the digest computed and compared in
+        constant time — so neither the answer nor its timing tells them apart. Every try
+        counts, the right one too: a code answers at most `tries` tries."""
+        links = self.table(tx)
+        row = await links.live_code_of(email_key, now, tries)
+        link_id = row.id if row is not None else uuid.uuid4()
+        digest = tokens.code_digest(self.secret, self.purpose, link_id, code)
+        stored = await links.try_code(link_id, now, tries)
+        if not tokens.same_digest(stored or "", digest) or row is None:
+            return None
+        return row if await links.use_code(link_id, digest) else None
 
     @staticmethod
     def usable(row: LinkToken, now: datetime) -> bool:

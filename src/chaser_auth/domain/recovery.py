@@ -7,6 +7,9 @@ headers and timing are the same for every address (OWASP Forgot Password Cheat S
 depends on the account happens in the delivery worker (`prepare_resets`).
 
 Confirm path (`check`, `confirm`): see `tokens` for the numbered reasons a link stops working.
+
+Code path (`exchange_code`): the one-time code mailed beside the link, with the address it was
+sent to, gives the link's token (`links.Links.redeem_code`).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from chaser_auth.domain.outbox import (
 )
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.sessions import AuthResult, SessionService
-from chaser_auth.errors import AccountDisabled, InvalidToken
+from chaser_auth.errors import AccountDisabled, InvalidCode, InvalidToken
 from chaser_auth.store.intake import Intake
 from chaser_auth.store.repositories import Job
 from chaser_auth.store.tables import ResetToken, User
@@ -61,6 +64,7 @@ class RecoveryService:
         hasher: PasswordHasher,
         sessions: SessionService,
         notify_unknown: bool,
+        code_tries: int = 5,
     ) -> None:
         self.store = store
         self.intake = intake
@@ -79,6 +83,7 @@ class RecoveryService:
         self.hasher = hasher
         self.sessions = sessions
         self.notify_unknown = notify_unknown
+        self.code_tries = code_tries
 
     # -- request path -------------------------------------------------------------------------
 
@@ -177,7 +182,7 @@ class RecoveryService:
                         event="reset_token_issued",
                     )
                 for (job, user, _), token in zip(chunk, links, strict=True):
-                    plans[job.id] = self._reset_letter(user, token)
+                    plans[job.id] = self._reset_letter(user, token, job.id)
         return [plans[job.id] for job in jobs]
 
     async def _mint_many(
@@ -212,14 +217,15 @@ class RecoveryService:
         row, user = await self.links.sent_before(job)
         if row is None or user is None or not self._usable(row, user, now):
             return Skip("stale")  # superseded, used or expired meanwhile: a dead link helps nobody
-        return self._reset_letter(user, self.links.token_of(job.id))
+        return self._reset_letter(user, self.links.token_of(job.id), job.id)
 
-    def _reset_letter(self, user: User, token: str) -> Letter:
+    def _reset_letter(self, user: User, token: str, job_id: uuid.UUID) -> Letter:
         return Letter(
             "password_reset",
             user.email,
             {
                 "link": self.link(token),
+                "code": tokens.show_code(self.links.code_of(job_id)),
                 "ttl_minutes": int(self.links.ttl.total_seconds() // 60),
             },
         )
@@ -261,6 +267,34 @@ class RecoveryService:
             metrics.TOKENS.labels(RESET_PURPOSE, "expired" if expired else "invalid").inc()
             raise InvalidToken()
         return row, user
+
+    async def exchange_code(
+        self, raw_email: str, code: str, *, client: str | None = None
+    ) -> tuple[str, datetime]:
+        """The token (and its expiry) of the live reset link whose one-time code `code` is,
+        mailed to `raw_email`; the code is used up, the link is not — the token then works as
+        one from the link. InvalidCode otherwise, the same for every reason (an address with no
+        account or no live link, a wrong, used, superseded or expired code, one out of tries),
+        after the same work (`Links.redeem_code`). Each refusal is audited with the client."""
+        digits = tokens.normal_code(code)
+        key = address_key(raw_email) or raw_email
+        subject = tokens.keyed_hash(self.secret, key)
+        now = self.clock()
+        row: ResetToken | None = None
+        async with self.store.tx() as tx:
+            if digits is not None:
+                row = await self.links.redeem_code(tx, key, digits, now, self.code_tries)
+            if row is None or row.outbox_id is None:
+                await tx.audit.record("reset_code_failed", now, subject=subject, client=client)
+            else:
+                await tx.audit.record(
+                    "reset_code_redeemed", now, user_id=row.user_id, subject=subject, client=client
+                )
+        if row is None or row.outbox_id is None:
+            metrics.TOKENS.labels(RESET_PURPOSE, "code_refused").inc()
+            raise InvalidCode()
+        metrics.TOKENS.labels(RESET_PURPOSE, "code_redeemed").inc()
+        return self.links.token_of(row.outbox_id), row.expires_at
 
     async def confirm(self, token: str, password: str, *, client: str | None = None) -> AuthResult:
         """Use the token: the new password is set, whatever credential the account had — a

@@ -11,11 +11,13 @@ password" email instead, and the new password is thrown away. Either way the mai
 address, so only its owner learns which happened.
 
 Verification links follow the reset links' rules (`tokens`, `links`): derived from the outbox
-row, only a digest stored, single use, `VERIFY_TOKEN_TTL`; a newer one revokes the older.
+row, only a digest stored, single use, `VERIFY_TOKEN_TTL`; a newer one revokes the older. The
+one-time code mailed beside the link verifies the address as the link does (`verify_code`).
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime, timedelta
 
 from chaser_auth import metrics
@@ -27,7 +29,7 @@ from chaser_auth.domain.links import Links
 from chaser_auth.domain.outbox import REGISTER, AddressLimit, Letter, Skip
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.sessions import AuthResult, SessionService
-from chaser_auth.errors import InvalidAddress, InvalidToken
+from chaser_auth.errors import InvalidAddress, InvalidCode, InvalidToken
 from chaser_auth.store.intake import Intake
 from chaser_auth.store.repositories import Job
 from chaser_auth.store.tables import User, VerifyToken
@@ -49,6 +51,7 @@ class RegistrationService:
         policy: PasswordPolicy,
         hasher: PasswordHasher,
         sessions: SessionService,
+        code_tries: int = 5,
     ) -> None:
         self.store = store
         self.intake = intake
@@ -66,6 +69,7 @@ class RegistrationService:
         self.policy = policy
         self.hasher = hasher
         self.sessions = sessions
+        self.code_tries = code_tries
 
     # -- request path -------------------------------------------------------------------------
 
@@ -117,7 +121,7 @@ class RegistrationService:
                 return self._exists_letter(user) if user.is_active else Skip("account_disabled")
             await tx.audit.record(event, now, user_id=user.id, client=client)
             [token] = await self.links.issue(tx, [(user.id, job.id)], now)
-        return self._verify_letter(user, token)
+        return self._verify_letter(user, token, job.id)
 
     async def _resend(self, job: Job, now: datetime) -> Letter | Skip:
         row, user = await self.links.sent_before(job)
@@ -127,14 +131,15 @@ class RegistrationService:
             return self._exists_letter(user)
         if not Links.usable(row, now):
             return Skip("stale")
-        return self._verify_letter(user, self.links.token_of(job.id))
+        return self._verify_letter(user, self.links.token_of(job.id), job.id)
 
-    def _verify_letter(self, user: User, token: str) -> Letter:
+    def _verify_letter(self, user: User, token: str, job_id: uuid.UUID) -> Letter:
         return Letter(
             "verify_email",
             user.email,
             {
                 "link": self.links.url(token),
+                "code": tokens.show_code(self.links.code_of(job_id)),
                 "ttl_hours": max(1, int(self.links.ttl.total_seconds() // 3600)),
             },
         )
@@ -176,4 +181,47 @@ class RegistrationService:
             await tx.verify_tokens.revoke_all(user.id, now)
             result = await self.sessions.open(tx, user, now, version=user.credential_version)
             await tx.audit.record("email_verified", now, user_id=user.id, client=client)
+        return result
+
+    async def verify_code(
+        self, raw_email: str, code: str, *, client: str | None = None
+    ) -> AuthResult:
+        """Verify the address with the one-time code mailed beside its newest link: the same
+        as following the link (`verify`). InvalidCode otherwise, one answer for every reason,
+        after the same work (`Links.redeem_code`)."""
+        digits = tokens.normal_code(code)
+        key = address_key(raw_email) or raw_email
+        subject = tokens.keyed_hash(self.secret, key)
+        now = self.clock()
+        result: AuthResult | None = None
+        async with self.store.tx() as tx:
+            row = None
+            if digits is not None:
+                row = await self.links.redeem_code(tx, key, digits, now, self.code_tries)
+            # Locked as in `_verify`: a sign-up in flight either went first (and revoked the
+            # link, so the consume fails) or waits for this verification.
+            user = await tx.users.lock(row.user_id) if row is not None else None
+            if (
+                row is not None
+                and user is not None
+                and user.is_active
+                and await tx.verify_tokens.consume(row.id, now)
+            ):
+                await tx.users.mark_verified(user.id)
+                await tx.verify_tokens.revoke_all(user.id, now)
+                result = await self.sessions.open(tx, user, now, version=user.credential_version)
+                await tx.audit.record(
+                    "email_verified",
+                    now,
+                    user_id=user.id,
+                    subject=subject,
+                    detail={"by": "code"},
+                    client=client,
+                )
+            else:
+                await tx.audit.record("verify_code_failed", now, subject=subject, client=client)
+        if result is None:
+            metrics.TOKENS.labels(VERIFY_PURPOSE, "code_refused").inc()
+            raise InvalidCode()
+        metrics.TOKENS.labels(VERIFY_PURPOSE, "code_redeemed").inc()
         return result

@@ -29,6 +29,7 @@ import base64
 import hmac
 import re
 import secrets
+import unicodedata
 import uuid
 
 TOKEN_BYTES = 32
@@ -55,6 +56,52 @@ def derive(secret: bytes, purpose: str, job_id: uuid.UUID) -> str:
 
 def digest(secret: bytes, token: str) -> str:
     return hmac.digest(secret, b"chaser-auth/digest/" + _bytes(token), "sha256").hex()
+
+
+# -- one-time codes ---------------------------------------------------------------------------
+#
+# A mailed link's token has a short stand-in a person can type: CODE_DIGITS decimal digits,
+# derived like the token from the outbox row (a retried send carries the same code), and stored
+# only as `code_digest`, an HMAC under the server secret bound to the link's row, so a copy of
+# the database alone neither holds a code nor lets one test a guess offline. Why eight digits:
+# docs/security.md, "One-time codes".
+
+CODE_DIGITS = 8
+_CODE_SPACE = 10**CODE_DIGITS
+_CODE_PATTERN = re.compile(rf"[0-9]{{{CODE_DIGITS}}}")
+_CODE_SEPARATORS = re.compile(r"[\s\-\u2010-\u2015.]")
+
+
+def derive_code(secret: bytes, purpose: str, job_id: uuid.UUID) -> str:
+    """The one-time code mailed with the link of outbox job `job_id`. The bias of reducing a
+    256-bit HMAC modulo 10^8 is under 2^-200: every code is as likely as any other."""
+    raw = hmac.digest(secret, f"chaser-auth/code/{purpose}/".encode() + job_id.bytes, "sha256")
+    return f"{int.from_bytes(raw, 'big') % _CODE_SPACE:0{CODE_DIGITS}d}"
+
+
+def code_digest(secret: bytes, purpose: str, link_id: uuid.UUID, code: str) -> str:
+    """What is stored of a code: bound to its link's row, so the same code of two links (or of
+    two addresses) has two different digests."""
+    message = f"chaser-auth/code-digest/{purpose}/".encode() + link_id.bytes + _bytes(code)
+    return hmac.digest(secret, message, "sha256").hex()
+
+
+def normal_code(text: str) -> str | None:
+    """A typed code as its digits (spaces, hyphens and dots between them dropped; full-width
+    digits read as digits), or None when it is not CODE_DIGITS digits."""
+    digits = _CODE_SEPARATORS.sub("", unicodedata.normalize("NFKC", text))
+    return digits if _CODE_PATTERN.fullmatch(digits) else None
+
+
+def same_digest(a: str, b: str) -> bool:
+    """Two digests compared in constant time."""
+    return hmac.compare_digest(a.encode("ascii", "replace"), b.encode("ascii", "replace"))
+
+
+def show_code(code: str) -> str:
+    """The code as mailed: two groups of four digits, easier to read and type."""
+    half = len(code) // 2
+    return f"{code[:half]} {code[half:]}"
 
 
 def is_well_formed(token: str) -> bool:

@@ -1,10 +1,11 @@
-"""The per-address budget on mail (`domain.outbox.AddressLimit`), kept one of two ways: in the
-rate limiter, when Redis shares it between processes (`PerAddressLimit`), or else in the
-database (`StoredAddressLimit`), where every process on the file sees the same count and a
-restart forgets nothing."""
+"""The per-address budgets, kept one of two ways: in the rate limiter, when Redis shares it
+between processes, or else in the database, where every process on the file sees the same
+count and a restart forgets nothing. Two budgets: mail (`domain.outbox.AddressLimit`:
+`PerAddressLimit`, `StoredAddressLimit`) and tries at one-time codes (`CodeTries`)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -12,7 +13,8 @@ from limits import RateLimitItem
 
 from chaser_auth import metrics
 from chaser_auth.domain.clock import Clock
-from chaser_auth.ratelimit.limiter import Limiter
+from chaser_auth.errors import RateLimited
+from chaser_auth.ratelimit.limiter import Limiter, Verdict
 from chaser_auth.store.transactions import Store
 
 
@@ -59,3 +61,42 @@ class StoredAddressLimit:
             )
         metrics.LIMITED.labels("address").inc(allowed.count(False))
         return allowed
+
+
+CODE_SCOPE = "code-address"
+
+
+class CodeTries:
+    """The budget of tries at the one-time codes of one address from all clients together
+    (`CHASER_AUTH_RATE_LIMIT_CODE_PER_ADDRESS`): in Redis when it is configured, else in the
+    database — never in one process's memory, so the bound on an attacker's odds
+    (docs/security.md, "One-time codes") holds however many processes serve the API."""
+
+    def __init__(
+        self, limiter: Limiter, store: Store, clock: Clock, item: RateLimitItem, shared: bool
+    ) -> None:
+        self.limiter = limiter
+        self.store = store
+        self.clock = clock
+        self.item = item
+        self.shared = shared  # Redis is configured
+
+    async def spend(self, subject: str) -> None:
+        """Count one try at `subject`'s codes, or raise RateLimited (429, scope
+        `code-address`) when its budget is spent."""
+        if self.shared:
+            await self.limiter.enforce(self.item, CODE_SCOPE, subject, time.time())
+            return
+        now = self.clock()
+        since = now - timedelta(seconds=self.item.get_expiry())
+        async with self.store.tx() as tx:
+            [allowed] = await tx.limit_hits.take_many(
+                CODE_SCOPE, [subject], self.item.amount, since, now
+            )
+            oldest = None if allowed else await tx.limit_hits.oldest(CODE_SCOPE, subject, since)
+        if allowed:
+            return
+        metrics.LIMITED.labels(CODE_SCOPE).inc()
+        frees_at = (oldest or now).timestamp() + self.item.get_expiry()
+        verdict = Verdict(False, self.item.amount, 0, frees_at)
+        raise RateLimited(headers=verdict.headers(CODE_SCOPE, now.timestamp()))

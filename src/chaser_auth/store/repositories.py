@@ -257,6 +257,60 @@ class LinkTokens(Generic[T]):
         )
         return set(found)
 
+    async def live_code_of(self, email_key: str, now: datetime, tries: int) -> T | None:
+        """The link of the active account with this address key whose one-time code may be
+        tried now: the link usable (the conditions of `consume`), its code not used up and
+        tried fewer than `tries` times. One query, whether or not the address has an account."""
+        model, table = self.model, _table(self.model)
+        users = _table(User)
+        return await self.db.scalar(
+            select(model)
+            .join(users, users.c.id == table.c.user_id)
+            .where(
+                users.c.email_key == email_key,
+                users.c.is_active.is_(True),
+                table.c.used_at.is_(None),
+                table.c.revoked_at.is_(None),
+                table.c.expires_at >= now,
+                table.c.code_digest.is_not(None),
+                table.c.code_attempts < tries,
+            )
+            .order_by(table.c.created_at.desc())
+            .limit(1)
+        )
+
+    async def try_code(self, link_id: uuid.UUID, now: datetime, tries: int) -> str | None:
+        """Count one try at the link's code, if it may still be tried (`live_code_of`'s
+        conditions), and return the stored digest to compare with; None if it may not. The one
+        UPDATE counts concurrent tries one by one, so no more than `tries` ever see the digest,
+        from any number of processes."""
+        table = _table(self.model)
+        result = await self.db.execute(
+            update(table)
+            .where(
+                table.c.id == link_id,
+                table.c.used_at.is_(None),
+                table.c.revoked_at.is_(None),
+                table.c.expires_at >= now,
+                table.c.code_digest.is_not(None),
+                table.c.code_attempts < tries,
+            )
+            .values(code_attempts=table.c.code_attempts + 1)
+            .returning(table.c.code_digest)
+        )
+        digest: str | None = result.scalar_one_or_none()
+        return digest
+
+    async def use_code(self, link_id: uuid.UUID, digest: str) -> bool:
+        """The code is used: its digest goes; True for the one caller that took it."""
+        table = _table(self.model)
+        result = await self.db.execute(
+            update(table)
+            .where(table.c.id == link_id, table.c.code_digest == digest)
+            .values(code_digest=None)
+        )
+        return _rowcount(result) == 1
+
     async def consume(self, token_id: uuid.UUID, now: datetime) -> bool:
         """Mark the token used if, at this instant, it still may be; True for the one winner."""
         model = self.model
@@ -643,6 +697,14 @@ class LimitHits:
         if hits:
             await self.db.execute(insert(_table(LimitHit)), hits)
         return allowed
+
+    async def oldest(self, scope: str, key: str, since: datetime) -> datetime | None:
+        """When the oldest hit of `key` after `since` happened (it leaves the window first)."""
+        return await self.db.scalar(
+            select(func.min(LimitHit.at)).where(
+                LimitHit.scope == scope, LimitHit.key == key, LimitHit.at > since
+            )
+        )
 
     async def purge(self, before: datetime) -> int:
         result = await self.db.execute(delete(LimitHit).where(LimitHit.at < before))

@@ -74,7 +74,11 @@ class Session(Base):
 class LinkToken:
     """The columns of a token sent in a link (reset, email verification): only its digest is
     stored, and it dies when used, revoked or expired. `outbox_id` is the row whose mail
-    carries it (the token is derived from that id, so a retried send carries the same link)."""
+    carries it (the token is derived from that id, so a retried send carries the same link).
+
+    A mailed link also has a one-time code: `code_digest` is its keyed digest (NULL when the
+    link has no code, or once the code is used or has had its tries), `code_attempts` the
+    tries at it so far."""
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     user_id: Mapped[uuid.UUID] = mapped_column(
@@ -86,6 +90,8 @@ class LinkToken:
     expires_at: Mapped[datetime]
     used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    code_digest: Mapped[str | None] = mapped_column(String(64))
+    code_attempts: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
 
 
 class ResetToken(LinkToken, Base):
