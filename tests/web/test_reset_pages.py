@@ -231,10 +231,10 @@ async def test_reload_before_and_after_success(site: Served, tab: Tab) -> None:
     assert_token_only_in_bodies(tab, token)
 
 
-async def test_without_a_token_the_page_says_where_to_get_one(site: Served, tab: Tab) -> None:
+async def test_without_a_token_the_page_asks_for_the_code(site: Served, tab: Tab) -> None:
     await tab.page.goto(f"{site.url}/reset-password")
-    await shown(tab, "missing")
-    await tab.shot("reset-password-missing")
+    await shown(tab, "code")
+    await tab.shot("reset-password-code")
     await tab.page.goto(f"{site.url}/reset-password#token=not-a-token")
     await shown(tab, "invalid")
     assert tab.recorder.posts("/auth/password-reset/verify") == []

@@ -82,7 +82,7 @@ async def test_opening_the_link_many_times_verifies_nothing(site: Served, browse
     assert verified.status_code == 200
 
 
-async def test_without_a_token_the_page_says_to_use_the_email(site: Served, tab: Tab) -> None:
+async def test_without_a_token_the_page_asks_for_the_code(site: Served, tab: Tab) -> None:
     await tab.page.goto(f"{site.url}/verify-email")
-    await shown(tab, "missing")
-    await tab.shot("verify-email-missing")
+    await shown(tab, "code")
+    await tab.shot("verify-email-code")

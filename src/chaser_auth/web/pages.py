@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from chaser_auth.config import Settings
 from chaser_auth.domain.passwords import MAX_LENGTH
+from chaser_auth.domain.tokens import CODE_DIGITS
 
 PAGES = {
     "/forgot-password": "forgot_password.html",
@@ -65,6 +66,7 @@ def render_pages(settings: Settings) -> dict[str, bytes]:
         "min_length": settings.password_min_length,
         "max_length": MAX_LENGTH,
         "reset_ttl_minutes": settings.reset_token_ttl // 60,
+        "code_digits": CODE_DIGITS,
     }
     return {
         path: env.get_template(name).render(page=name.removesuffix(".html"), **context).encode()

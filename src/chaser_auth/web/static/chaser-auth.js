@@ -4,7 +4,10 @@
  * takes the token, removes it from the address bar at once, and keeps it only in this tab's
  * history entry (history.state), so a reload before submitting still works. Loading a page never
  * uses a token: reset-password only *checks* it; the password change and the email verification
- * happen when the person submits. Every text a person reads lives in the page's template
+ * happen when the person submits. Opened without a link (a fresh tab, another device), the
+ * reset-password and verify-email pages ask for the one-time code from the email instead: the
+ * code, with the address, stands for the link (reset-password gets the link's token for it and
+ * goes on as from the link). Every text a person reads lives in the page's template
  * (data-message elements), so an operator can reword or translate it.
  */
 (function () {
@@ -86,8 +89,8 @@
   }
 
   /* The form's one error region (role=alert): shown, announced, and tied to the field at fault. */
-  function formErrors(form) {
-    var region = form.querySelector("#form-error");
+  function formErrors(form, regionSelector) {
+    var region = form.querySelector(regionSelector || "#form-error");
     var fields = form.querySelectorAll("input");
     return {
       show: function (lines, field) {
@@ -146,6 +149,49 @@
       if (result.status === 200) {
         form.reset();
         show("sent", true);
+      } else {
+        errors.show(genericFailure(result), null);
+      }
+    });
+  }
+
+  /* -- the code from the email, on a page opened without its link ------------------------------ */
+
+  // As the server reads a code (domain/tokens.py): spaces, hyphens and dots between the digits
+  // do not matter, and full-width digits are digits.
+  function codeDigits(text) {
+    return text.normalize("NFKC").replace(/[\s.\-\u2010-\u2015]/g, "");
+  }
+
+  function codeEntry(path, onSuccess) {
+    var form = $("#code-form");
+    var email = $("#code-email");
+    var code = $("#code");
+    var digits = parseInt(code.getAttribute("data-digits"), 10);
+    var errors = formErrors(form, "#code-error");
+    show("code", false);
+    form.addEventListener("submit", async function (event) {
+      event.preventDefault();
+      if (form.getAttribute("aria-busy") === "true") { return; }
+      var address = email.value.trim();
+      var typed = codeDigits(code.value);
+      if (!address || !email.validity.valid) {
+        errors.show([message("code-email")], email);
+        return;
+      }
+      if (!/^[0-9]+$/.test(typed) || typed.length !== digits) {
+        errors.show([message("code-format")], code);
+        return;
+      }
+      errors.clear();
+      busy(form, true);
+      var result = await post(path, { email: address, code: typed });
+      busy(form, false);
+      if (result.status === 200 && result.data) {
+        form.reset();
+        onSuccess(result.data);
+      } else if (result.status === 400 || result.status === 422) {
+        errors.show([message("code-invalid")], code);
       } else {
         errors.show(genericFailure(result), null);
       }
@@ -227,8 +273,7 @@
     }
 
     if (taken.done) { show("done", false); return; }
-    if (!token) { show("missing", false); return; }
-    if (!TOKEN.test(token)) { remember(null); show("invalid", false); return; }
+    if (token && !TOKEN.test(token)) { remember(null); show("invalid", false); return; }
 
     password.addEventListener("input", feedback);
     again.addEventListener("input", feedback);
@@ -269,6 +314,15 @@
       }
     });
 
+    if (!token) {
+      // Opened without a link: the code from the email gets the link's token.
+      codeEntry("auth/password-reset/code", function (data) {
+        token = data.token;
+        remember({ token: token });
+        check();
+      });
+      return;
+    }
     check();
   }
 
@@ -282,7 +336,14 @@
     var errors = formErrors(form);
 
     if (taken.done) { show("done", false); return; }
-    if (!token) { show("missing", false); return; }
+    if (!token) {
+      // Opened without a link: the code from the email verifies the address as the link does.
+      codeEntry("auth/verify-email/code", function () {
+        remember({ done: true });
+        show("done", true);
+      });
+      return;
+    }
     if (!TOKEN.test(token)) { remember(null); show("invalid", false); return; }
     show("ready", false);
 
