@@ -191,6 +191,8 @@ ACCEPTED_WHEN_VALID: dict[str, list[str]] = {
     "verify-password-reset": ["200", "400", "413"],  # 400 unknown token
     "register": ["202", "413", "422"],  # 422 not an address, or a weak password
     "verify-email": ["200", "400", "413"],  # 400 unknown token
+    "exchange-password-reset-code": ["200", "400", "413"],  # 400 no such code
+    "verify-email-code": ["200", "400", "413"],  # 400 no such code
     "login": ["200", "401", "413"],  # 401 wrong email or password
     "me": ["200", "401"],
     "logout": ["204", "401"],
@@ -314,6 +316,7 @@ class LiveApp:
             rate_limit_reset_per_address=UNLIMITED,
             rate_limit_register_per_ip=UNLIMITED,
             rate_limit_login=UNLIMITED,
+            rate_limit_code_per_address=UNLIMITED,
         )
         self.loop = asyncio.new_event_loop()
         self.ready: Future[Served] = Future()
