@@ -111,10 +111,14 @@ class Runtime:
                 keep_unmatched=timedelta(hours=settings.unmatched_retention_hours),
                 keep_outbox=timedelta(hours=settings.outbox_retention_hours),
                 keep_pending_sign_up=timedelta(seconds=settings.verify_token_ttl),
+                # the longest window of the limits kept in limit_hits: a code's tries are
+                # counted over its link's lifetime
                 address_window=timedelta(
                     seconds=max(
                         settings.limit("rate_limit_reset_per_address").get_expiry(),
                         settings.limit("rate_limit_code_per_address").get_expiry(),
+                        settings.reset_token_ttl,
+                        settings.verify_token_ttl,
                     )
                 ),
             ),

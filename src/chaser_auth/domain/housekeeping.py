@@ -24,7 +24,7 @@ class Housekeeping:
     """How long things are kept: `keep_audit`, CHASER_AUTH_AUDIT_RETENTION_DAYS; `keep_unmatched`,
     CHASER_AUTH_UNMATCHED_RETENTION_HOURS; `keep_outbox`, CHASER_AUTH_OUTBOX_RETENTION_HOURS;
     `keep_pending_sign_up`, CHASER_AUTH_VERIFY_TOKEN_TTL; `address_window`, the longest window of
-    the per-address limits kept in the database (mail, tries at one-time codes)."""
+    the limits kept in the database (mail and code tries per address, tries per code)."""
 
     store: Store
     clock: Clock

@@ -10,7 +10,7 @@ half of them (used, revoked, expired), and each service adds its own about the a
 A mailed link carries a one-time code beside it (`tokens.derive_code`), standing for the same
 token: it lives exactly as long as the link (used, revoked, expired — it is checked against the
 same row), is used up once redeemed, and dies after `tries` tries. Only its keyed digest is
-stored, in the link's row (`redeem_code`).
+stored, in the link's row; the tries are counted in `limit_hits` (`redeem_code`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from chaser_auth.store.tables import LinkToken, User
 from chaser_auth.store.transactions import Store, Tx
 
 T = TypeVar("T", bound=LinkToken)
+_NO_DIGEST = "0" * 64  # compared against when there is no live code: the same work
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,6 @@ class Links(Generic[T]):
                     else tokens.code_digest(
                         self.secret, self.purpose, link_id, self.code_of(job_id)
                     ),
-                    "code_attempts": 0,
                 }
             )
         await links.add_many(rows)
@@ -133,19 +133,25 @@ class Links(Generic[T]):
         """The link whose one-time code `code` (normalised, `tokens.normal_code`) is, for the
         account at `email_key`, with the code used up by this call; else None.
 
-        The same statements run whether or not the address has an account, a live link or the
-        right code — the look-up by address, one try counted (`LinkTokens.try_code`: an
-        UPDATE of no row when there is no live code), the digest computed and compared in
-        constant time — so neither the answer nor its timing tells them apart. Every try
-        counts, the right one too: a code answers at most `tries` tries."""
+        The same statements run, and write the same rows, whether or not the address has an
+        account, a live link or the right code — the look-up by address, one try counted (in
+        `limit_hits`, under the link's id, or a random one when there is no live link), the
+        digest computed and compared in constant time — so neither the answer nor its timing
+        tells them apart. The count is atomic across processes (`LimitHits.take_many`), and
+        every try counts, the right one too: a code answers at most `tries` tries. Its window
+        is the link's lifetime, so it sees every try at the code."""
         links = self.table(tx)
-        row = await links.live_code_of(email_key, now, tries)
+        row = await links.live_code_of(email_key, now)
         link_id = row.id if row is not None else uuid.uuid4()
         digest = tokens.code_digest(self.secret, self.purpose, link_id, code)
-        stored = await links.try_code(link_id, now, tries)
-        if not tokens.same_digest(stored or "", digest) or row is None:
+        [within] = await tx.limit_hits.take_many(
+            f"{self.purpose}-code", [link_id.hex], tries, now - self.ttl, now
+        )
+        stored = row.code_digest if row is not None else None
+        right = tokens.same_digest(stored or _NO_DIGEST, digest)
+        if row is None or not within or not right:
             return None
-        return row if await links.use_code(link_id, digest) else None
+        return row if await links.use_code(row.id, digest, now) else None
 
     @staticmethod
     def usable(row: LinkToken, now: datetime) -> bool:

@@ -194,16 +194,21 @@ class RegistrationService:
         subject = tokens.keyed_hash(self.secret, key)
         now = self.clock()
         result: AuthResult | None = None
+        user: User | None = None
         async with self.store.tx() as tx:
             row = None
             if digits is not None:
+                # The account first, then its links, in the order a sign-up takes them (so
+                # two cannot deadlock on PostgreSQL), and looked up by the address whether or
+                # not there is one, so both cases do the same work. Locked as in `_verify`: a
+                # sign-up in flight either went first (and revoked the link, so the consume
+                # fails) or waits for this verification.
+                user = await tx.users.lock_key(key)
                 row = await self.links.redeem_code(tx, key, digits, now, self.code_tries)
-            # Locked as in `_verify`: a sign-up in flight either went first (and revoked the
-            # link, so the consume fails) or waits for this verification.
-            user = await tx.users.lock(row.user_id) if row is not None else None
             if (
                 row is not None
                 and user is not None
+                and user.id == row.user_id
                 and user.is_active
                 and await tx.verify_tokens.consume(row.id, now)
             ):

@@ -105,6 +105,15 @@ class Users:
             .execution_options(populate_existing=True)
         )
 
+    async def lock_key(self, email_key: str) -> User | None:
+        """`lock`, by address key: the account with this key, if any, its row locked."""
+        return await self.db.scalar(
+            select(User)
+            .where(User.email_key == email_key)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+
     async def set_password(
         self,
         user_id: uuid.UUID,
@@ -257,10 +266,10 @@ class LinkTokens(Generic[T]):
         )
         return set(found)
 
-    async def live_code_of(self, email_key: str, now: datetime, tries: int) -> T | None:
+    async def live_code_of(self, email_key: str, now: datetime) -> T | None:
         """The link of the active account with this address key whose one-time code may be
-        tried now: the link usable (the conditions of `consume`), its code not used up and
-        tried fewer than `tries` times. One query, whether or not the address has an account."""
+        tried now: the link usable (the conditions of `consume`) and its code not used. One
+        query, whether or not the address has an account."""
         model, table = self.model, _table(self.model)
         users = _table(User)
         return await self.db.scalar(
@@ -273,40 +282,24 @@ class LinkTokens(Generic[T]):
                 table.c.revoked_at.is_(None),
                 table.c.expires_at >= now,
                 table.c.code_digest.is_not(None),
-                table.c.code_attempts < tries,
             )
             .order_by(table.c.created_at.desc())
             .limit(1)
         )
 
-    async def try_code(self, link_id: uuid.UUID, now: datetime, tries: int) -> str | None:
-        """Count one try at the link's code, if it may still be tried (`live_code_of`'s
-        conditions), and return the stored digest to compare with; None if it may not. The one
-        UPDATE counts concurrent tries one by one, so no more than `tries` ever see the digest,
-        from any number of processes."""
+    async def use_code(self, link_id: uuid.UUID, digest: str, now: datetime) -> bool:
+        """The code is used: its digest goes; True for the one caller that took it, while the
+        link is still usable."""
         table = _table(self.model)
         result = await self.db.execute(
             update(table)
             .where(
                 table.c.id == link_id,
+                table.c.code_digest == digest,
                 table.c.used_at.is_(None),
                 table.c.revoked_at.is_(None),
                 table.c.expires_at >= now,
-                table.c.code_digest.is_not(None),
-                table.c.code_attempts < tries,
             )
-            .values(code_attempts=table.c.code_attempts + 1)
-            .returning(table.c.code_digest)
-        )
-        digest: str | None = result.scalar_one_or_none()
-        return digest
-
-    async def use_code(self, link_id: uuid.UUID, digest: str) -> bool:
-        """The code is used: its digest goes; True for the one caller that took it."""
-        table = _table(self.model)
-        result = await self.db.execute(
-            update(table)
-            .where(table.c.id == link_id, table.c.code_digest == digest)
             .values(code_digest=None)
         )
         return _rowcount(result) == 1
@@ -668,9 +661,10 @@ class LimitHits:
         """For each of `keys` in order (a key may repeat): count one hit if fewer than `amount`
         happened since `since`; True where counted. One count query and one insert for all.
 
-        Run it in its own transaction: on SQLite BEGIN IMMEDIATE makes count-then-insert
-        atomic; on PostgreSQL advisory locks on the keys do, taken in sorted order so that two
-        workers cannot deadlock on them."""
+        Run it in a short transaction (its own, or a code exchange's): on SQLite BEGIN
+        IMMEDIATE makes count-then-insert atomic; on PostgreSQL advisory locks on the keys do,
+        held to the end of the transaction and taken in sorted order so that two workers
+        cannot deadlock on them."""
         if not keys:
             return []
         distinct = sorted(set(keys))

@@ -77,8 +77,8 @@ class LinkToken:
     carries it (the token is derived from that id, so a retried send carries the same link).
 
     A mailed link also has a one-time code: `code_digest` is its keyed digest (NULL when the
-    link has no code, or once the code is used or has had its tries), `code_attempts` the
-    tries at it so far."""
+    link has no code, or once the code is used); the tries at it are counted in `limit_hits`
+    (scope `<purpose>-code`, key the link's id)."""
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     user_id: Mapped[uuid.UUID] = mapped_column(
@@ -91,7 +91,6 @@ class LinkToken:
     used_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
     code_digest: Mapped[str | None] = mapped_column(String(64))
-    code_attempts: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
 
 
 class ResetToken(LinkToken, Base):
@@ -128,8 +127,9 @@ class OutboxMessage(Base):
 
 
 class LimitHit(Base):
-    """One counted event of a limit kept in the database (the per-address mail limit when no
-    Redis is configured): it survives restarts and is shared by every process on the file."""
+    """One counted event of a limit kept in the database (the per-address mail limit and the
+    tries at one address's codes when no Redis is configured; always the tries at each code):
+    it survives restarts and is shared by every process on the file."""
 
     __tablename__ = "limit_hits"
     __table_args__ = (Index("ix_limit_hits_scope_key_at", "scope", "key", "at"),)

@@ -1,8 +1,8 @@
-"""One-time codes beside mailed links: a keyed digest of the code and the tries at it.
+"""One-time codes beside mailed links: a keyed digest of the code.
 
 `code_digest` is an HMAC of the code under the server secret, bound to the link's row (never
 the code itself); NULL for a link that has no code (printed by an operator) and once the code
-is used or has had its tries. `code_attempts` counts the tries at the code.
+is used. The tries at a code are counted in `limit_hits`, which exists already.
 
 Revision ID: 0005
 Revises: 0004
@@ -25,14 +25,9 @@ TABLES = ("reset_tokens", "verify_tokens")
 def upgrade() -> None:
     for table in TABLES:
         op.add_column(table, sa.Column("code_digest", sa.String(64), nullable=True))
-        op.add_column(
-            table,
-            sa.Column("code_attempts", sa.Integer(), nullable=False, server_default="0"),
-        )
 
 
 def downgrade() -> None:
     for table in TABLES:
         with op.batch_alter_table(table) as batch:
-            batch.drop_column("code_attempts")
             batch.drop_column("code_digest")
