@@ -319,3 +319,19 @@ async def test_the_caps_hold_across_two_api_processes(
         refused = await exchange(second, "many@example.com", code)
         assert refused.status_code == 429
         assert refused.headers["x-ratelimit-scope"] == "code-address"
+
+
+async def test_each_try_spends_the_clients_token_budget(
+    tmp_path: Path, smtp: Smtp, clock: FakeClock
+) -> None:
+    """A try at a code counts against the same per-client budget as the token endpoints."""
+    settings = make_settings(tmp_path, smtp_url=smtp.url, rate_limit_token_per_ip="3/hour")
+    async with serve(settings, clock, smtp) as app:
+        await app.client.post("/auth/password-reset/verify", json={"token": "A" * 43})
+        assert_invalid_code(await exchange(app, "x@example.com", "12345678"))
+        assert_invalid_code(await exchange(app, "y@example.com", "12345678"))
+        limited = await exchange(app, "z@example.com", "12345678")
+        assert limited.status_code == 429
+        assert limited.headers["x-ratelimit-scope"] == "token-ip"
+        async with app.client_from("127.0.0.2") as elsewhere:
+            assert_invalid_code(await exchange(app, "z@example.com", "12345678", elsewhere))
