@@ -282,7 +282,7 @@ async def test_the_caps_hold_across_two_api_processes(
     backend_settings: dict[str, Any],
 ) -> None:
     """Two API processes on one database (and, scaled out, one Redis): the tries at one code
-    are counted in its row, so both together get `code_tries`; the tries at one address from
+    are counted in the database, so both together get `code_tries`; the tries at one address from
     several clients and both processes together get the per-address budget (kept in Redis, or
     else in the database) — the same for an address with and without an account."""
     common: dict[str, Any] = {"smtp_url": smtp.url, **backend_settings}
