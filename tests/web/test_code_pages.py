@@ -8,6 +8,7 @@ import re
 
 from tests.conftest import NEW_PASSWORD, PASSWORD, Received, Served
 from tests.web.conftest import Tab, shown, state
+from tests.web.test_reset_pages import assert_fits
 
 CODE = re.compile(r"enter this code with your email address:\s+(\d{4} \d{4})\s")
 
@@ -41,6 +42,7 @@ async def test_the_code_on_a_fresh_reset_page_resets_the_password(
     await page.get_by_role("button", name="Continue").click()
     await state(tab, "code").get_by_role("alert").filter(has_text="wrong").wait_for()
     assert await page.get_by_label("Code from the email").get_attribute("aria-invalid") == "true"
+    await assert_fits(tab)
     await tab.shot("reset-password-code-wrong")
 
     await page.get_by_label("Code from the email").fill(code)  # as mailed: "1234 5678"
