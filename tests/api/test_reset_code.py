@@ -335,3 +335,19 @@ async def test_each_try_spends_the_clients_token_budget(
         assert limited.headers["x-ratelimit-scope"] == "token-ip"
         async with app.client_from("127.0.0.2") as elsewhere:
             assert_invalid_code(await exchange(app, "z@example.com", "12345678", elsewhere))
+
+
+async def test_both_exchanges_are_in_the_openapi_document(app: Served) -> None:
+    document = (await app.client.get("/openapi.json")).json()
+    for path, operation_id in (
+        (RESET_CODE, "exchange-password-reset-code"),
+        (VERIFY_CODE, "verify-email-code"),
+    ):
+        operation = document["paths"][path]["post"]
+        assert operation["operationId"] == operation_id
+        assert "invalid_code" in operation["responses"]["400"]["description"]
+        body = operation["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+        assert body == "#/components/schemas/CodeRequest"
+    schemas = document["components"]["schemas"]
+    assert set(schemas["CodeRequest"]["required"]) == {"email", "code"}
+    assert set(schemas["PasswordResetCodeResponse"]["required"]) == {"token", "expires_at"}
