@@ -575,7 +575,16 @@ def documented_commands() -> list[str]:
 def test_help_mentions_every_command_and_flag_in_the_docs(tmp_path: Path) -> None:
     commands = documented_commands()
     names = list(dict.fromkeys(line.split()[0] for line in commands))
-    assert names == ["serve", "worker", "migrate", "users", "outbox", "audit", "doctor"]
+    assert names == [
+        "serve",
+        "worker",
+        "migrate",
+        "users",
+        "outbox",
+        "audit",
+        "doctor",
+        "admin-key",
+    ]
     # What each documented line promises: {help invocation: words its output must contain}.
     promised: dict[tuple[str, ...], set[str]] = {(): set(names)}
     for line in commands:
@@ -593,7 +602,7 @@ def test_help_mentions_every_command_and_flag_in_the_docs(tmp_path: Path) -> Non
     assert promised[("serve",)] == {"--host", "--port", "--workers", "--no-worker"}
     assert promised[("outbox",)] == {"list", "retry", "purge"}
     assert promised[("outbox", "list")] == {"--status", "queued", "done", "dead"}
-    assert promised[("users", "create")] == {"--password-stdin"}
+    assert promised[("users", "create")] == {"--password-stdin", "--invite"}
     assert promised[("users",)] == {"create", "list", "disable", "enable", "delete", "reset-link"}
     assert promised[("users", "delete")] == {"--yes"}
     assert promised[("audit",)] == {"list", "purge"}

@@ -25,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from chaser_auth import __version__
 from chaser_auth.config import ConfigurationError, Settings, load_secret_key
-from chaser_auth.errors import ChaserError
+from chaser_auth.errors import ChaserError, NotFound
 from chaser_auth.logs import configure_logging
 from chaser_auth.runtime import Runtime
 
@@ -72,6 +72,17 @@ def _parser() -> argparse.ArgumentParser:
         "--quiet", action="store_true", help="print nothing unless something goes wrong"
     )
 
+    admin_key = commands.add_parser(
+        "admin-key",
+        help="make a key for the admin API and print the setting that admits it",
+        description="Make a new random key for the admin API on the operator listener and "
+        "print it, with the name:digest pair to add to CHASER_AUTH_ADMIN_KEYS (comma-separated "
+        "with the others). Only the digest goes into the configuration; the key is printed "
+        "once, for the caller, and cannot be shown again. To replace a key, add a new one, "
+        "move the caller to it, then remove the old pair. Needs no database.",
+    )
+    admin_key.add_argument("name", help="the name the audit trail records for the key's calls")
+
     users = commands.add_parser("users", help="manage accounts").add_subparsers(
         dest="users_command", required=True, metavar="ACTION"
     )
@@ -80,13 +91,20 @@ def _parser() -> argparse.ArgumentParser:
         help="create an active account",
         description="Create an active, verified "
         "account. The password is read from standard input with --password-stdin, otherwise "
-        "asked for twice on the terminal.",
+        "asked for twice on the terminal; with --invite the account has none, and the "
+        "delivery worker mails the address a link to choose one.",
     )
     create.add_argument("email")
     create.add_argument(
         "--password-stdin",
         action="store_true",
         help="read the password from the first line of standard input",
+    )
+    create.add_argument(
+        "--invite",
+        action="store_true",
+        help="no password: mail the address a link to choose one (valid for "
+        "CHASER_AUTH_INVITATION_TTL), sent by the delivery worker",
     )
     users.add_parser("list", help="list accounts", description="List every account, oldest first.")
     for action, text in (
@@ -202,9 +220,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return asyncio.run(_doctor(settings))
     if args.command == "worker":
         return _upgrade_apart() or _run(settings, _worker)
+    if args.command == "admin-key":
+        return _admin_key(args.name, settings)
     # Every command that touches the database first brings its schema up to date (idempotent),
     # so that `users create` on a fresh machine works before the first `serve`.
     _upgrade(settings.database_url)
+    if args.command == "users" and args.users_command == "create" and args.invite:
+        if args.password_stdin:
+            raise ChaserError("--invite makes an account without a password: drop one of them.")
+        return _run(settings, lambda rt: _invite_user(rt, args.email))
     if args.command == "users" and args.users_command == "create":
         password = _read_password(args.password_stdin)
         return _run(settings, lambda rt: _create_user(rt, args.email, password))
@@ -364,18 +388,49 @@ def _read_password(from_stdin: bool) -> str:
     return first
 
 
+def _admin_key(name: str, settings: Settings) -> int:
+    from chaser_auth.config import admin_key_digests
+    from chaser_auth.domain.admin import key_digest, new_admin_key
+
+    key = new_admin_key()
+    pair = f"{name}:{key_digest(key)}"
+    try:
+        admin_key_digests(pair)
+    except ValueError as exc:
+        raise ChaserError(f"admin-key: {exc}") from None
+    if name in settings.admin_key_digests:
+        print(
+            f"chaser-auth: note: CHASER_AUTH_ADMIN_KEYS already has a key named {name}; "
+            "replace its pair, or pick another name to keep both for a while",
+            file=sys.stderr,
+        )
+    print(f"key (give it to the caller; it is not kept anywhere): {key}")
+    print(f"add to CHASER_AUTH_ADMIN_KEYS (comma-separated): {pair}")
+    return 0
+
+
+# The `users` and `outbox` commands are the admin API's actions (`domain.admin`, the same calls
+# `api/admin.py` makes), with no admin key: the command line's operator holds the server.
+
+
 async def _create_user(runtime: Runtime, email: str, password: str) -> int:
     await runtime.store.ping()
-    user = await runtime.accounts.create(email, password)
+    user = await runtime.admin.create_account(email, password, key=None)
     print(f"created account {user.id}")
     return 0
 
 
+async def _invite_user(runtime: Runtime, email: str) -> int:
+    user = await runtime.admin.invite(email, key=None)
+    print(f"created account {user.id}; the invitation goes out with the delivery worker")
+    return 0
+
+
 async def _users(runtime: Runtime, args: argparse.Namespace) -> int:
-    accounts = runtime.accounts
+    admin = runtime.admin
     if args.users_command == "list":
         print(f"{'id':36}  {'created':20}  {'verified':8}  {'active':6}  email")
-        for user in await accounts.listing():
+        for user in await admin.listing():
             print(
                 f"{user.id!s:36}  {user.created_at:%Y-%m-%dT%H:%M:%SZ}  "
                 f"{'yes' if user.email_verified else 'no':8}  "
@@ -383,15 +438,14 @@ async def _users(runtime: Runtime, args: argparse.Namespace) -> int:
             )
         return 0
     if args.users_command in ("disable", "enable"):
-        user = await accounts.set_active(args.email, args.users_command == "enable")
+        user = await admin.set_active(args.email, args.users_command == "enable", key=None)
         print(f"{args.users_command}d account {user.id}")
         return 0
     if args.users_command == "delete":
-        user = await accounts.delete(args.email)
+        user = await admin.delete(args.email, key=None)
         print(f"deleted account {user.id}")
         return 0
-    link = await runtime.recovery.operator_link(await accounts.find(args.email))
-    print(link)
+    print((await admin.recovery_link(args.email, key=None)).link)
     return 0
 
 
@@ -427,7 +481,7 @@ async def _doctor(settings: Settings) -> int:
 async def _outbox(runtime: Runtime, args: argparse.Namespace) -> int:
     housekeeping = runtime.housekeeping
     if args.outbox_command == "list":
-        rows = await housekeeping.outbox_rows(args.status)
+        rows = await runtime.admin.outbox(args.status)
         print(
             f"{'id':36}  {'kind':24} {'status':7} {'tries':>5}  {'created':20} "
             f"{'outcome / last error'}"
@@ -439,7 +493,9 @@ async def _outbox(runtime: Runtime, args: argparse.Namespace) -> int:
             )
         return 0
     if args.outbox_command == "retry":
-        if not await housekeeping.retry_dead_letter(args.id):
+        try:
+            await runtime.admin.retry_dead_letter(args.id, key=None)
+        except NotFound:
             print(f"chaser-auth: no dead letter {args.id}", file=sys.stderr)
             return 1
         print(f"queued {args.id} for delivery")

@@ -112,6 +112,15 @@ class Settings(BaseSettings):
         "`/healthz`, `/readyz` ([the operator listener](deployment.md#the-operator-listener)); "
         "empty = off; port 0 = any free port (one process only)",
     )
+    admin_keys: str = Field(
+        default="",
+        description="the keys of the admin API on the operator listener, as comma-separated "
+        "`name:digest` pairs: the digest is the SHA-256 (64 hex digits) of a key a caller "
+        "presents as `Authorization: Bearer <key>`, the name is what the audit trail records "
+        "for its calls. `chaser-auth admin-key NAME` makes a key and prints its pair. Several "
+        "keys may be live at once, so one can be replaced without a gap; empty = every admin "
+        "call is refused (see [Admin API](operations.md#the-admin-api))",
+    )
     app_url: str | None = Field(
         default=None,
         description='where the pages send a person after success (a "Continue" link); '
@@ -137,6 +146,14 @@ class Settings(BaseSettings):
     reset_token_ttl: Annotated[int, Field(gt=0, description="seconds a reset link stays valid")] = (
         1800
     )
+    invitation_ttl: Annotated[
+        int,
+        Field(
+            gt=0,
+            description="seconds the set-password link of an invitation (an account an "
+            "operator created without a password) stays valid",
+        ),
+    ] = 604800
     verify_token_ttl: Annotated[
         int,
         Field(
@@ -381,6 +398,17 @@ class Settings(BaseSettings):
             split_address(value)  # raises ValueError with the reason
         return value
 
+    @field_validator("admin_keys")
+    @classmethod
+    def _admin_key_pairs(cls, value: str) -> str:
+        admin_key_digests(value)  # raises ValueError with the reason
+        return value.strip()
+
+    @property
+    def admin_key_digests(self) -> dict[str, str]:
+        """The admin keys' digests (hex), by name."""
+        return admin_key_digests(self.admin_keys)
+
     @property
     def operator_host_port(self) -> tuple[str, int] | None:
         """(host, port) of the operator listener, or None when it is off."""
@@ -388,6 +416,33 @@ class Settings(BaseSettings):
 
     def limit(self, name: str) -> RateLimitItem:
         return _parse_limit(str(getattr(self, name)))
+
+
+_KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,39}")
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+def admin_key_digests(value: str) -> dict[str, str]:
+    """`name:digest,name:digest` as {name: digest}; ValueError naming what is wrong (never
+    echoing a value that may be a key pasted in by mistake)."""
+    pairs: dict[str, str] = {}
+    for number, part in enumerate((p.strip() for p in value.split(",") if p.strip()), 1):
+        name, colon, digest = part.partition(":")
+        name, digest = name.strip(), digest.strip().lower()
+        if not colon or not _KEY_NAME.fullmatch(name):
+            raise ValueError(
+                f"entry {number}: use name:digest, the name 1-40 letters, digits or _.@- "
+                "(make a pair with `chaser-auth admin-key NAME`)"
+            )
+        if not _DIGEST.fullmatch(digest):
+            raise ValueError(
+                f"entry {number} ({name}): the digest must be the key's SHA-256 in 64 hex "
+                "digits, not the key itself (make a pair with `chaser-auth admin-key NAME`)"
+            )
+        if name in pairs:
+            raise ValueError(f"entry {number}: the name {name} is used twice")
+        pairs[name] = digest
+    return pairs
 
 
 def split_address(value: str) -> tuple[str, int]:

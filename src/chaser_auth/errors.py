@@ -11,8 +11,8 @@
     ├── IncorrectPassword            incorrect_password   403     domain.accounts (change)
     ├── NotAuthenticated             not_authenticated    401     api.deps (bearer missing/dead)
     ├── NotFound                     not_found            404     routing, unknown session
-    ├── AccountExists                account_exists       409     users create (operator CLI)
-    ├── AccountDisabled              account_disabled     409     users reset-link (operator CLI)
+    ├── AccountExists                account_exists       409     users create, admin API
+    ├── AccountDisabled              account_disabled     409     users reset-link, admin API
     ├── MethodNotAllowed             method_not_allowed   405     routing
     ├── RateLimited                  rate_limited         429     api (per-IP, login throttle)
     ├── ServiceUnavailable           service_unavailable  503     api (database unreachable)

@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from chaser_auth.config import Settings, load_secret_key
 from chaser_auth.domain.accounts import AccountService
+from chaser_auth.domain.admin import AdminKeys, AdminService
 from chaser_auth.domain.clock import Clock, utcnow
 from chaser_auth.domain.housekeeping import Housekeeping
 from chaser_auth.domain.outbox import AddressLimit
@@ -46,6 +47,8 @@ class Runtime:
     recovery: RecoveryService
     registration: RegistrationService
     housekeeping: Housekeeping
+    admin: AdminService
+    admin_keys: AdminKeys
     code_tries: CodeTries  # the per-address budget of tries at one-time codes
     wake: asyncio.Event
     transport: MailTransport  # the workers' unless one is given; its connections are kept
@@ -67,6 +70,41 @@ class Runtime:
         intake: Intake = (
             SqliteIntake(path, store.write_lock) if path is not None else OutboxIntake(store)
         )
+        accounts = AccountService(
+            store=store, clock=clock, policy=policy, hasher=hasher, sessions=sessions
+        )
+        recovery = RecoveryService(
+            store=store,
+            intake=intake,
+            clock=clock,
+            secret=secret,
+            reset_ttl=settings.reset_token_ttl,
+            public_url=settings.public_url,
+            policy=policy,
+            hasher=hasher,
+            sessions=sessions,
+            notify_unknown=settings.notify_unknown,
+            code_tries=settings.code_tries,
+            invitation_ttl=settings.invitation_ttl,
+        )
+        housekeeping = Housekeeping(
+            store=store,
+            clock=clock,
+            keep_audit=timedelta(days=settings.audit_retention_days),
+            keep_unmatched=timedelta(hours=settings.unmatched_retention_hours),
+            keep_outbox=timedelta(hours=settings.outbox_retention_hours),
+            keep_pending_sign_up=timedelta(seconds=settings.verify_token_ttl),
+            # the longest window of the limits kept in limit_hits: a code's tries are
+            # counted over its link's lifetime
+            address_window=timedelta(
+                seconds=max(
+                    settings.limit("rate_limit_reset_per_address").get_expiry(),
+                    settings.limit("rate_limit_code_per_address").get_expiry(),
+                    settings.reset_token_ttl,
+                    settings.verify_token_ttl,
+                )
+            ),
+        )
         return cls(
             settings=settings,
             clock=clock,
@@ -76,22 +114,8 @@ class Runtime:
             policy=policy,
             hasher=hasher,
             sessions=sessions,
-            accounts=AccountService(
-                store=store, clock=clock, policy=policy, hasher=hasher, sessions=sessions
-            ),
-            recovery=RecoveryService(
-                store=store,
-                intake=intake,
-                clock=clock,
-                secret=secret,
-                reset_ttl=settings.reset_token_ttl,
-                public_url=settings.public_url,
-                policy=policy,
-                hasher=hasher,
-                sessions=sessions,
-                notify_unknown=settings.notify_unknown,
-                code_tries=settings.code_tries,
-            ),
+            accounts=accounts,
+            recovery=recovery,
             registration=RegistrationService(
                 store=store,
                 intake=intake,
@@ -104,24 +128,16 @@ class Runtime:
                 sessions=sessions,
                 code_tries=settings.code_tries,
             ),
-            housekeeping=Housekeeping(
+            housekeeping=housekeeping,
+            admin=AdminService(
                 store=store,
                 clock=clock,
-                keep_audit=timedelta(days=settings.audit_retention_days),
-                keep_unmatched=timedelta(hours=settings.unmatched_retention_hours),
-                keep_outbox=timedelta(hours=settings.outbox_retention_hours),
-                keep_pending_sign_up=timedelta(seconds=settings.verify_token_ttl),
-                # the longest window of the limits kept in limit_hits: a code's tries are
-                # counted over its link's lifetime
-                address_window=timedelta(
-                    seconds=max(
-                        settings.limit("rate_limit_reset_per_address").get_expiry(),
-                        settings.limit("rate_limit_code_per_address").get_expiry(),
-                        settings.reset_token_ttl,
-                        settings.verify_token_ttl,
-                    )
-                ),
+                accounts=accounts,
+                sessions=sessions,
+                recovery=recovery,
+                housekeeping=housekeeping,
             ),
+            admin_keys=AdminKeys(settings.admin_key_digests),
             code_tries=CodeTries(
                 limiter,
                 store,

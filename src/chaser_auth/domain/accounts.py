@@ -1,5 +1,8 @@
-"""Accounts: creating one (operator CLI), logging in, changing the password, and the operator's
-disable / enable / delete."""
+"""Accounts: creating one (operator CLI and admin API, with a password or as an invitation),
+logging in, changing the password, and the operator's disable / enable / delete.
+
+Operator actions take `by`: the name of the admin key that asked (`domain.admin`), recorded in
+the audit event's detail as `admin_key`; None for the command line on the server."""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ from datetime import datetime
 
 from chaser_auth.domain.addresses import address_key, stored_form
 from chaser_auth.domain.clock import Clock
-from chaser_auth.domain.outbox import PASSWORD_CHANGED
+from chaser_auth.domain.outbox import INVITATION, PASSWORD_CHANGED
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.sessions import AuthResult, SessionService
 from chaser_auth.errors import (
@@ -24,9 +27,10 @@ from chaser_auth.store.transactions import Store
 
 
 def new_user(
-    raw_email: str, key: str, password_hash: str, now: datetime, *, verified: bool
+    raw_email: str, key: str, password_hash: str | None, now: datetime, *, verified: bool
 ) -> User:
-    """A new, active account for an address that `address_key` accepted (as `key`)."""
+    """A new, active account for an address that `address_key` accepted (as `key`); with no
+    password hash (an invitation), no password works until one is set through a link."""
     return User(
         id=uuid.uuid4(),
         email=stored_form(raw_email),
@@ -35,8 +39,17 @@ def new_user(
         is_active=True,
         email_verified=verified,
         created_at=now,
-        password_changed_at=now,
+        password_changed_at=now if password_hash is not None else None,
     )
+
+
+def by_key(key: str | None) -> dict[str, str] | None:
+    """The audit detail naming the admin key an operator action came with (None: the CLI)."""
+    return {"admin_key": key} if key is not None else None
+
+
+def with_key(detail: dict[str, object], key: str | None) -> dict[str, object]:
+    return {**detail, "admin_key": key} if key is not None else detail
 
 
 class AccountService:
@@ -55,7 +68,9 @@ class AccountService:
         self.hasher = hasher
         self.sessions = sessions
 
-    async def create(self, email: str, password: str, *, verified: bool = True) -> User:
+    async def create(
+        self, email: str, password: str, *, verified: bool = True, by: str | None = None
+    ) -> User:
         key = address_key(email)
         if key is None:
             raise InvalidAddress()
@@ -67,7 +82,26 @@ class AccountService:
                 raise AccountExists()
             user = new_user(email, key, password_hash, now, verified=verified)
             await tx.users.add(user)
-            await tx.audit.record("account_created", now, user_id=user.id)
+            await tx.audit.record("account_created", now, user_id=user.id, detail=by_key(by))
+        return user
+
+    async def invite(self, email: str, *, by: str | None = None) -> User:
+        """An active account with no password, and an invitation queued in the same
+        transaction: the worker mails it a set-password link (`RecoveryService.
+        prepare_invitation`), valid for CHASER_AUTH_INVITATION_TTL. The operator vouches for
+        the address, as for `create`, so the account counts as verified; until a password is
+        set through that link (or a reset link) no login succeeds."""
+        key = address_key(email)
+        if key is None:
+            raise InvalidAddress()
+        now = self.clock()
+        async with self.store.tx() as tx:
+            if await tx.users.by_key(key) is not None:
+                raise AccountExists()
+            user = new_user(email, key, None, now, verified=True)
+            await tx.users.add(user)
+            await tx.outbox.enqueue(INVITATION, now, user_id=user.id)
+            await tx.audit.record("account_invited", now, user_id=user.id, detail=by_key(by))
         return user
 
     async def login(self, email: str, password: str, *, client: str | None = None) -> AuthResult:
@@ -153,17 +187,32 @@ class AccountService:
             raise NotFound("No account has this email address.")
         return user
 
-    async def listing(self) -> list[User]:
+    async def get(self, user_id: uuid.UUID) -> User:
         async with self.store.tx() as tx:
-            return list(await tx.users.listing())
+            user = await tx.users.get(user_id)
+        if user is None:
+            raise NotFound("No account has this id.")
+        return user
 
-    async def set_active(self, email: str, active: bool) -> User:
-        """Disabling also ends every session and kills every outstanding link at once."""
-        user = await self.find(email)
+    async def resolve(self, account: str | uuid.UUID) -> User:
+        """The account named by its address (`find`) or its id (`get`)."""
+        return await (self.get(account) if isinstance(account, uuid.UUID) else self.find(account))
+
+    async def listing(self, *, offset: int = 0, limit: int | None = None) -> list[User]:
+        """Accounts, oldest first; `limit` of them from `offset` (all if None)."""
+        async with self.store.tx() as tx:
+            return list(await tx.users.listing(offset=offset, limit=limit))
+
+    async def set_active(
+        self, account: str | uuid.UUID, active: bool, *, by: str | None = None
+    ) -> User:
+        """Disabling also ends every session and kills every outstanding link at once. The
+        account as it is afterwards."""
+        user = await self.resolve(account)
         now = self.clock()
         async with self.store.tx() as tx:
             await tx.users.set_active(user.id, active)
-            detail = None
+            detail: dict[str, object] = {}
             if not active:
                 detail = {
                     "sessions_revoked": await tx.sessions.revoke_all(user.id, now),
@@ -171,15 +220,16 @@ class AccountService:
                     + await tx.verify_tokens.revoke_all(user.id, now),
                 }
             event = "account_enabled" if active else "account_disabled"
-            await tx.audit.record(event, now, user_id=user.id, detail=detail)
-        return user
+            await tx.audit.record(event, now, user_id=user.id, detail=with_key(detail, by) or None)
+            changed = await tx.users.get(user.id)
+        return changed or user
 
-    async def delete(self, email: str) -> User:
+    async def delete(self, account: str | uuid.UUID, *, by: str | None = None) -> User:
         """The account, its sessions and its links go (foreign keys cascade); the audit trail
         keeps the account's id, never its address."""
-        user = await self.find(email)
+        user = await self.resolve(account)
         now = self.clock()
         async with self.store.tx() as tx:
             await tx.users.delete(user.id)
-            await tx.audit.record("account_deleted", now, user_id=user.id)
+            await tx.audit.record("account_deleted", now, user_id=user.id, detail=by_key(by))
         return user

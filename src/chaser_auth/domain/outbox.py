@@ -1,7 +1,8 @@
 """What the outbox means to the services that fill it and to the worker that empties it.
 
 A row is queued under one of the kinds below — by the request path (`RESET_REQUEST`,
-`REGISTER`) or by a credential change (`PASSWORD_CHANGED`). The delivery worker asks the
+`REGISTER`), by a credential change (`PASSWORD_CHANGED`) or by an operator's invitation
+(`INVITATION`). The delivery worker asks the
 service that owns the kind what the row becomes: a `Letter` to send, or a `Skip` with its
 outcome; either carries the audit `Note`s to record with it, in the transaction that finishes
 the row. Mail to one address is budgeted (`AddressLimit`), whichever kind it is.
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 RESET_REQUEST = "password_reset_request"
 PASSWORD_CHANGED = "password_changed"  # noqa: S105 - an outbox kind, not a secret
 REGISTER = "register"
+INVITATION = "invitation"
 
 
 @dataclass(frozen=True)

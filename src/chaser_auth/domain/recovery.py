@@ -41,6 +41,7 @@ from chaser_auth.store.tables import ResetToken, User
 from chaser_auth.store.transactions import Store, Tx
 
 RESET_PURPOSE = "reset"
+INVITE_PURPOSE = "invite"
 MINT_CHUNK = 16  # links minted per transaction
 
 
@@ -65,6 +66,7 @@ class RecoveryService:
         sessions: SessionService,
         notify_unknown: bool,
         code_tries: int = 5,
+        invitation_ttl: int = 7 * 86400,
     ) -> None:
         self.store = store
         self.intake = intake
@@ -76,6 +78,16 @@ class RecoveryService:
             secret=secret,
             purpose=RESET_PURPOSE,
             ttl=timedelta(seconds=reset_ttl),
+            page=f"{public_url}/reset-password",
+            table=lambda tx: tx.reset_tokens,
+        )
+        # An invitation's set-password link is a reset link (the same table, page and
+        # confirm) that lives longer, and whose token is derived under a purpose of its own.
+        self.invitations: Links[ResetToken] = Links(
+            store=store,
+            secret=secret,
+            purpose=INVITE_PURPOSE,
+            ttl=timedelta(seconds=invitation_ttl),
             page=f"{public_url}/reset-password",
             table=lambda tx: tx.reset_tokens,
         )
@@ -197,18 +209,61 @@ class RecoveryService:
         await tx.audit.record_many(events)
         return links
 
-    async def operator_link(self, user: User) -> str:
-        """A reset link for support staff to hand over (`chaser-auth users reset-link`): the
-        same rules as a mailed one — digest stored, single use, TTL, older links revoked — and
-        an audit event of its own. A disabled account gets none."""
+    async def operator_link(self, user: User, *, by: str | None = None) -> str:
+        """A reset link for support staff to hand over (`chaser-auth users reset-link`, the
+        admin API): the same rules as a mailed one — digest stored, single use, TTL, older
+        links revoked — and an audit event of its own, naming the admin key `by` if one asked.
+        A disabled account gets none."""
+        return (await self.operator_link_expiring(user, by=by))[0]
+
+    async def operator_link_expiring(
+        self, user: User, *, by: str | None = None
+    ) -> tuple[str, datetime]:
+        """`operator_link`, and when the link expires."""
         if not may_receive_reset(user):
             raise AccountDisabled("This account is disabled; enable it before issuing a link.")
         now = self.clock()
         async with self.store.tx() as tx:
-            [token] = await self._mint_many(
-                tx, [Grant(user, None)], now, event="reset_link_issued_by_operator"
+            [token] = await self.links.issue(tx, [(user.id, None)], now)
+            await tx.audit.record(
+                "reset_link_issued_by_operator",
+                now,
+                user_id=user.id,
+                detail={"admin_key": by} if by is not None else None,
             )
-        return self.link(token)
+        return self.link(token), now + self.links.ttl
+
+    async def prepare_invitation(self, job: Job) -> Letter | Skip:
+        """The invitation mail of an account an operator created without a password: a
+        set-password link derived from the row (a retried send carries the same link), valid
+        for the invitation TTL. Nothing goes to an account deleted or disabled meanwhile, or
+        whose password was set meanwhile (by a reset link); a retry whose link died sends
+        nothing either. Not counted against the per-address mail limit: an operator asked."""
+        now = self.clock()
+        row, user = await self.invitations.sent_before(job)
+        if user is None:
+            return Skip("no_account")
+        if row is not None:  # minted on an earlier attempt
+            if not self._usable(row, user, now):
+                return Skip("stale")
+            token = self.invitations.token_of(job.id)
+        elif not may_receive_reset(user):
+            return Skip("account_disabled")
+        elif user.password_hash is not None:
+            return Skip("password_set")
+        else:
+            async with self.store.tx() as tx:
+                [token] = await self.invitations.issue(tx, [(user.id, job.id)], now)
+                await tx.audit.record("invitation_link_issued", now, user_id=user.id)
+        return Letter(
+            "invitation",
+            user.email,
+            {
+                "link": self.link(token),
+                "ttl_days": max(1, int(self.invitations.ttl.total_seconds() // 86400)),
+                "ttl_hours": max(1, int(self.invitations.ttl.total_seconds() // 3600)),
+            },
+        )
 
     def link(self, token: str) -> str:
         return self.links.url(token)

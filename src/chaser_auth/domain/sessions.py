@@ -107,9 +107,29 @@ class SessionService:
             rows = await tx.sessions.open_for(user, now)
         return [row for row in rows if self._alive(row, now)]
 
-    async def end(self, user: User, session_id: uuid.UUID, *, client: str | None = None) -> None:
+    async def end_all(self, user: User, *, by: str | None = None) -> int:
+        """End every session of the account (an operator's action: `by` names the admin key
+        that asked, None for the command line); how many were live."""
+        now = self.clock()
+        async with self.store.tx() as tx:
+            revoked = await tx.sessions.revoke_all(user.id, now)
+            detail: dict[str, object] = {"sessions_revoked": revoked}
+            if by is not None:
+                detail["admin_key"] = by
+            await tx.audit.record("sessions_ended_by_operator", now, user_id=user.id, detail=detail)
+        return revoked
+
+    async def end(
+        self,
+        user: User,
+        session_id: uuid.UUID,
+        *,
+        client: str | None = None,
+        by: str | None = None,
+    ) -> None:
         """End one of the account's own sessions; another account's, or an ended one, is
-        NotFound — the same answer as an id that never existed."""
+        NotFound — the same answer as an id that never existed. `by`: the admin key of an
+        operator who ended it for the account."""
         now = self.clock()
         async with self.store.tx() as tx:
             row = await tx.sessions.get(session_id)
@@ -120,7 +140,10 @@ class SessionService:
                 and self._alive(row, now)
             )
             if live and await tx.sessions.revoke(session_id, now):
-                await tx.audit.record("session_ended", now, user_id=user.id, client=client)
+                detail = {"admin_key": by} if by is not None else None
+                await tx.audit.record(
+                    "session_ended", now, user_id=user.id, client=client, detail=detail
+                )
             else:
                 live = False
         if not live:

@@ -36,6 +36,7 @@ from sqlalchemy.exc import DBAPIError
 from chaser_auth import metrics
 from chaser_auth.domain.clock import Clock
 from chaser_auth.domain.outbox import (
+    INVITATION,
     PASSWORD_CHANGED,
     REGISTER,
     RESET_REQUEST,
@@ -132,6 +133,7 @@ class Worker:
             RESET_REQUEST: lambda jobs: self.recovery.prepare_resets(jobs, self.address_limit),
             PASSWORD_CHANGED: one_by_one(self.recovery.prepare_changed_notice),
             REGISTER: one_by_one(lambda job: registration.prepare(job, self.address_limit)),
+            INVITATION: one_by_one(self.recovery.prepare_invitation),
         }
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -38,6 +38,9 @@ from chaser_auth.store.tables import (
 )
 
 QUEUED, DONE, DEAD = "queued", "done", "dead"
+# Audit events of operators that may name no account (the admin API's calls and refusals, a
+# dead letter retried): kept for the audit retention, not the shorter unmatched one.
+OPERATOR_EVENTS = ("admin_call", "admin_refused", "dead_letter_retried")
 T = TypeVar("T", bound=LinkToken)
 R = TypeVar("R")
 
@@ -161,8 +164,12 @@ class Users:
     async def delete(self, user_id: uuid.UUID) -> None:
         await self.db.execute(delete(User).where(User.id == user_id))
 
-    async def listing(self) -> Sequence[User]:
-        return (await self.db.scalars(select(User).order_by(User.created_at, User.email))).all()
+    async def listing(self, *, offset: int = 0, limit: int | None = None) -> Sequence[User]:
+        """Accounts oldest first (ties by address, then id, so pages never overlap)."""
+        query = select(User).order_by(User.created_at, User.email, User.id).offset(offset)
+        if limit is not None:
+            query = query.limit(limit)
+        return (await self.db.scalars(query)).all()
 
     async def purge_unverified(self, before: datetime, limit: int) -> int:
         """Delete up to `limit` accounts never verified whose newest sign-up is from before
@@ -638,13 +645,15 @@ class Audit:
 
     async def purge(self, before: datetime, unmatched_before: datetime, limit: int) -> int:
         """Delete up to `limit` events from before `before` — or, for events that name no
-        account, from before `unmatched_before`; how many went."""
+        account, from before `unmatched_before`, except the operators' (`OPERATOR_EVENTS`:
+        an admin API call is kept as long as any account's events); how many went."""
         table = _table(AuditEvent)
+        unmatched = and_(table.c.user_id.is_(None), table.c.event.not_in(OPERATOR_EVENTS))
         doomed = (
             select(table.c.id)
             .where(  # `at` bounded first, so the index on it narrows the scan
                 table.c.at < max(before, unmatched_before),
-                or_(table.c.at < before, table.c.user_id.is_(None)),
+                or_(table.c.at < before, unmatched),
             )
             .limit(limit)
         )
