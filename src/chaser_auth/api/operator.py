@@ -1,5 +1,6 @@
-"""The operator listener: `/metrics`, `/healthz` and `/readyz` on an address of their own
-(`CHASER_AUTH_OPERATOR_ADDRESS`, loopback by default), apart from the public API.
+"""The operator listener: `/metrics`, `/healthz`, `/readyz` and the admin API (`/admin/…`,
+`api/admin.py`) on an address of their own (`CHASER_AUTH_OPERATOR_ADDRESS`, loopback by
+default), apart from the public API.
 
 Why apart: the counters of `/metrics` move with what the worker decided for each request (mail
 `sent`, `no_account`, `suppressed`; tokens `issued`), so anyone who can read them while asking
@@ -24,19 +25,31 @@ from collections.abc import Iterator
 import uvicorn
 from fastapi import FastAPI
 
-from chaser_auth.api import errors, health
+from chaser_auth import __version__
+from chaser_auth.api import admin, errors, health
 from chaser_auth.api.middleware import EdgeMiddleware
 from chaser_auth.runtime import Runtime
 
 
 def create_operator_app(runtime: Runtime) -> FastAPI:
-    """Health and metrics on `runtime`, with the public app's error shape and edge headers;
-    no OpenAPI document, no docs."""
-    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None, redirect_slashes=False)
+    """Health, metrics and the admin API (`api/admin.py`) on `runtime`, with the public app's
+    error shape and edge headers. Its OpenAPI document, `/admin/openapi.json`, describes the
+    admin API alone."""
+    app = FastAPI(
+        title="chaser-auth admin API",
+        version=__version__,
+        description=admin.DESCRIPTION,
+        openapi_url=admin.OPENAPI_URL,
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
+        separate_input_output_schemas=False,
+    )
     app.state.runtime = runtime
     errors.install(app)
-    app.include_router(health.router)
-    app.include_router(health.metrics_router)
+    app.include_router(health.router, include_in_schema=False)
+    app.include_router(health.metrics_router, include_in_schema=False)
+    app.include_router(admin.router)
     app.add_middleware(EdgeMiddleware)
     return app
 
