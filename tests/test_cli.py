@@ -632,6 +632,7 @@ def test_help_mentions_every_command_and_flag_in_the_docs(tmp_path: Path) -> Non
         ("CHASER_AUTH_SMTP_URL", "http://mail.example.com"),
         ("CHASER_AUTH_MAIL_MAX_ATTEMPTS", "0"),
         ("CHASER_AUTH_OPERATOR_ADDRESS", "8001"),
+        ("CHASER_AUTH_PORT", "0"),
     ],
 )
 def test_an_invalid_setting_exits_2_with_one_line_naming_it(
@@ -653,7 +654,7 @@ def test_an_invalid_setting_exits_2_with_one_line_naming_it(
     ("address", "args", "says"),
     [
         ("127.0.0.1:0", ("--workers", "2"), "port 0 would give each of the 2 processes"),
-        ("127.0.0.1:{port}", (), "is the API's own (--port)"),
+        ("127.0.0.1:{port}", (), "is the API's own (--port or CHASER_AUTH_PORT)"),
     ],
 )
 def test_serve_refuses_an_operator_address_that_cannot_work_with_its_flags(
@@ -693,6 +694,35 @@ def test_serve_whose_operator_address_is_taken_exits_with_one_line(
     assert not (tmp_path / "state").exists()  # refused before migrating
     with pytest.raises(httpx.TransportError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+
+
+def test_serve_binds_chaser_auth_host_and_port_unless_flags_say_otherwise(
+    tmp_path: Path,
+) -> None:
+    """`serve --host/--port` default to CHASER_AUTH_HOST and CHASER_AUTH_PORT (as a container
+    sets them), and the flags win over them; `serve --help` says so."""
+    from_env, from_flag = free_port(), free_port()
+    env = tmp_env(tmp_path, CHASER_AUTH_HOST="127.0.0.1", CHASER_AUTH_PORT=str(from_env))
+    for args, answering, silent in (
+        ((), from_env, from_flag),
+        (("--port", str(from_flag)), from_flag, from_env),
+    ):
+        with running(
+            "serve", *args, cwd=tmp_path, env=env, name="serve", stopped="shutdown complete"
+        ) as proc:
+
+            def healthy(port: int = answering) -> bool:
+                proc.assert_alive()
+                try:
+                    return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).is_success
+                except httpx.TransportError:
+                    return False
+
+            poll(healthy, f"serve {args} to answer on {answering}", timeout=30)
+            with pytest.raises(httpx.TransportError):
+                httpx.get(f"http://127.0.0.1:{silent}/healthz", timeout=1)
+    shown = cli("serve", "--help", cwd=tmp_path, env=env)
+    assert "CHASER_AUTH_HOST" in shown.stdout and "CHASER_AUTH_PORT" in shown.stdout
 
 
 def test_a_short_secret_key_is_refused(tmp_path: Path) -> None:

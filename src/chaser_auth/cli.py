@@ -49,8 +49,15 @@ def _parser() -> argparse.ArgumentParser:
         "(with /healthz and /readyz) is served apart, on CHASER_AUTH_OPERATOR_ADDRESS "
         "(default 127.0.0.1:8001; empty: off).",
     )
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port to bind (default 8000)")
+    serve.add_argument(
+        "--host",
+        help="address to bind (default: CHASER_AUTH_HOST, else 127.0.0.1)",
+    )
+    serve.add_argument(
+        "--port",
+        type=int,
+        help="port to bind (default: CHASER_AUTH_PORT, else 8000)",
+    )
     serve.add_argument("--workers", type=int, default=1, help="API processes (default 1)")
     serve.add_argument(
         "--no-worker", action="store_true", help="do not run the delivery worker in-process"
@@ -210,7 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "serve":
-        return serve(settings, args.host, args.port, args.workers, not args.no_worker)
+        host = settings.host if args.host is None else args.host
+        port = settings.port if args.port is None else args.port
+        return serve(settings, host, port, args.workers, not args.no_worker)
     if args.command == "migrate":
         _upgrade(settings.database_url)
         if not args.quiet:
@@ -337,7 +346,9 @@ def _check_operator_address(settings: Settings, port: int, workers: int) -> int:
         return 0
     name = "CHASER_AUTH_OPERATOR_ADDRESS"
     if address[1] == port:
-        raise ConfigurationError(f"{name}: port {port} is the API's own (--port); pick another")
+        raise ConfigurationError(
+            f"{name}: port {port} is the API's own (--port or CHASER_AUTH_PORT); pick another"
+        )
     if address[1] == 0:
         if workers > 1:
             raise ConfigurationError(

@@ -58,6 +58,19 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
+    host: str = Field(
+        default="127.0.0.1",
+        description="the address `chaser-auth serve` binds when no `--host` is given "
+        "(`0.0.0.0` for every IPv4 interface, e.g. in a container)",
+    )
+    port: Annotated[
+        int,
+        Field(
+            ge=1,
+            le=65535,
+            description="the port `chaser-auth serve` binds when no `--port` is given",
+        ),
+    ] = 8000
     database_url: str = Field(
         default="sqlite+aiosqlite:///./var/chaser-auth.db",
         description="SQLite (embedded; a new file is created mode 600, its folder 700) or "
