@@ -116,7 +116,8 @@ def chaser_phase(
                 worker = subprocess.Popen(
                     [str(CHASER), "worker"],
                     cwd=workdir,
-                    env=env,
+                    # Its operator listener on a port of its own, never the default 8001.
+                    env={**env, "CHASER_AUTH_OPERATOR_ADDRESS": f"{HOST}:{free_port()}"},
                     stdout=worker_log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,

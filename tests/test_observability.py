@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import socket
 import sqlite3
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -23,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import (
@@ -34,7 +36,16 @@ from tests.conftest import (
     make_settings,
     serve,
 )
-from tests.test_cli import cli, create_user, mail_to, poll, serving, tmp_env
+from tests.test_cli import (
+    cli,
+    create_user,
+    mail_to,
+    operator_env,
+    poll,
+    running,
+    serving,
+    tmp_env,
+)
 
 # (sample name, sorted label pairs) -> value
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -270,6 +281,73 @@ async def test_an_empty_operator_address_binds_nothing(tmp_path: Path, clock: Fa
         assert listening_ports() - before == {urlsplit(app.url).port}
         assert (await app.client.get("/metrics")).status_code == 404
         assert (await app.client.get("/readyz")).status_code == 200
+
+
+def test_a_standalone_worker_serves_its_own_metrics_and_health(tmp_path: Path, smtp: Smtp) -> None:
+    """The scale-out topology (docs/deployment.md): `serve --no-worker` takes the request, a
+    `chaser-auth worker` process sends the mail — and the worker's operator listener is where
+    the mail and token counters show. Both are real processes; the worker is scraped over
+    HTTP."""
+    env = tmp_env(tmp_path, CHASER_AUTH_SMTP_URL=smtp.url)
+    worker_address, worker_url = operator_env()
+    create_user("ivan@example.com", cwd=tmp_path, env=env)
+    with (
+        serving(tmp_path, env, "--no-worker") as api,
+        running(
+            "worker",
+            cwd=tmp_path,
+            env={**env, **worker_address},
+            name="worker",
+            stopped="delivery worker stopped",
+        ) as worker,
+    ):
+
+        def healthy() -> bool:
+            worker.assert_alive()
+            try:
+                return httpx.get(f"{worker_url}/healthz", timeout=1).status_code == 200
+            except httpx.TransportError:
+                return False
+
+        poll(healthy, "the worker's operator listener to answer /healthz")
+        assert httpx.get(f"{worker_url}/readyz", timeout=5).json() == {"status": "ready"}
+        reset = "chaser_auth_mail_total"
+        before = parse_metrics(httpx.get(f"{worker_url}/metrics", timeout=5).text)
+        assert post(api, "/auth/password-reset/request", {"email": "ivan@example.com"}).is_success
+        mail_to(smtp, "ivan@example.com")
+
+        def counted() -> Samples | None:
+            after = parse_metrics(httpx.get(f"{worker_url}/metrics", timeout=5).text)
+            sent = series(kind=RESET_KIND, outcome="sent")
+            return after if changes(before, after, reset).get(sent) == 1 else None
+
+        after = poll(counted, "the worker's /metrics to count the sent mail")
+        issued = changes(before, after, "chaser_auth_tokens_total")
+        assert issued == {series(purpose="reset", event="issued"): 1}
+        assert gauge(after, "chaser_auth_outbox_depth") == 0
+        # The worker's listener has no admin API and no document: that is `serve`'s.
+        for path in ("/admin/accounts", "/admin/openapi.json", "/openapi.json"):
+            answer = httpx.get(f"{worker_url}{path}", timeout=5)
+            assert answer.status_code == 404, path
+            assert answer.json()["error"]["code"] == "not_found"
+        assert "operator listener on" in worker.log()
+    with pytest.raises(httpx.TransportError):  # stopped with the worker
+        httpx.get(f"{worker_url}/healthz", timeout=1)
+
+
+def test_a_worker_whose_operator_address_is_taken_exits_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = f"127.0.0.1:{holder.getsockname()[1]}"
+        done = cli(
+            "worker", cwd=tmp_path, env=tmp_env(tmp_path, CHASER_AUTH_OPERATOR_ADDRESS=taken)
+        )
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert done.stderr.splitlines()[-1] == (
+        f"chaser-auth: cannot listen on {taken} (CHASER_AUTH_OPERATOR_ADDRESS): "
+        "Address already in use"
+    )
 
 
 # -- JSON logs ----------------------------------------------------------------------------------

@@ -67,7 +67,9 @@ def _parser() -> argparse.ArgumentParser:
         "worker",
         help="run the mail delivery worker alone",
         description="Run the delivery "
-        "worker alone (for scale-out; start as many as you like on one database).",
+        "worker alone (for scale-out; start as many as you like on one database). Its "
+        "/metrics, /healthz and /readyz are served on CHASER_AUTH_OPERATOR_ADDRESS (default "
+        "127.0.0.1:8001; empty: off): give each process on a host an address of its own.",
     )
     migrate = commands.add_parser(
         "migrate",
@@ -380,11 +382,35 @@ def _run(settings: Settings, job: Callable[[Runtime], Awaitable[int]]) -> int:
 
 
 async def _worker(runtime: Runtime) -> int:
+    """The delivery worker alone, with its operator listener (`/metrics`, `/healthz`,
+    `/readyz` on CHASER_AUTH_OPERATOR_ADDRESS; no admin API) unless that is empty."""
+    from chaser_auth.api.operator import OperatorListener, bind, create_operator_app
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await runtime.worker().run(stop)
+    settings = runtime.settings
+    operator: OperatorListener | None = None
+    if (address := settings.operator_host_port) is not None:
+        try:
+            sock = bind(*address)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            print(
+                f"chaser-auth: cannot listen on {settings.operator_address} "
+                f"(CHASER_AUTH_OPERATOR_ADDRESS): {reason}",
+                file=sys.stderr,
+            )
+            return 1
+        operator = OperatorListener(create_operator_app(runtime, with_admin=False), sock)
+        await operator.start()
+        log.info("operator listener on %s (/metrics, /healthz, /readyz)", operator.url)
+    try:
+        await runtime.worker().run(stop)
+    finally:
+        if operator is not None:
+            await operator.stop()
     return 0
 
 

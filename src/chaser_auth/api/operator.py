@@ -9,7 +9,9 @@ to tell. On the public listener `/metrics` is a 404 like any unknown path. (Ory 
 its public and admin ports the same way.)
 
 The listener is a second uvicorn server in the public app's event loop, started and stopped
-by the public app's lifespan, on the same `Runtime` (one engine, one pool). Under
+by the public app's lifespan, on the same `Runtime` (one engine, one pool). The standalone
+`chaser-auth worker` serves one too, with `/metrics`, `/healthz` and `/readyz` only: in a
+scaled-out deployment the mail counters are the workers', and each is scraped on its own. Under
 `serve --workers N` every process binds the one operator port with SO_REUSEPORT (Linux), the
 kernel spreads the scrapes over them, and whichever answers reports the sum of all
 (`metrics.py`, multiprocess mode).
@@ -31,15 +33,16 @@ from chaser_auth.api.middleware import EdgeMiddleware
 from chaser_auth.runtime import Runtime
 
 
-def create_operator_app(runtime: Runtime) -> FastAPI:
+def create_operator_app(runtime: Runtime, *, with_admin: bool = True) -> FastAPI:
     """Health, metrics and the admin API (`api/admin.py`) on `runtime`, with the public app's
     error shape and edge headers. Its OpenAPI document, `/admin/openapi.json`, describes the
-    admin API alone."""
+    admin API alone. Without `with_admin` (the standalone worker's listener), health and
+    metrics only, and no document."""
     app = FastAPI(
         title="chaser-auth admin API",
         version=__version__,
         description=admin.DESCRIPTION,
-        openapi_url=admin.OPENAPI_URL,
+        openapi_url=admin.OPENAPI_URL if with_admin else None,
         docs_url=None,
         redoc_url=None,
         redirect_slashes=False,
@@ -49,7 +52,8 @@ def create_operator_app(runtime: Runtime) -> FastAPI:
     errors.install(app)
     app.include_router(health.router, include_in_schema=False)
     app.include_router(health.metrics_router, include_in_schema=False)
-    app.include_router(admin.router)
+    if with_admin:
+        app.include_router(admin.router)
     app.add_middleware(EdgeMiddleware)
     return app
 
