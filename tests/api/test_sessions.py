@@ -133,15 +133,31 @@ async def test_logout_ends_the_session_on_the_next_request(app: Served) -> None:
 
 
 async def test_missing_or_bogus_bearer_is_401_in_the_error_shape(app: Served) -> None:
-    for headers in (
-        {},
-        {"Authorization": "Bearer nope"},
-        {"Authorization": "Basic abc"},
-        {"Authorization": "Bearer " + "A" * 43},
+    """With a challenge (docs/integration.md): `Bearer realm="chaser-auth"` when no bearer
+    token came, and `error="invalid_token"` added when one came and is no live session."""
+    await app.create_user("frida@example.com")
+    _, ended = await login(app, "frida@example.com")
+    bearer = {"Authorization": f"Bearer {ended['token']}"}
+    assert (await app.client.post("/auth/logout", headers=bearer)).status_code == 204
+    plain = 'Bearer realm="chaser-auth"'
+    refused = 'Bearer realm="chaser-auth", error="invalid_token"'
+    for headers, challenge in (
+        ({}, plain),
+        ({"Authorization": "Basic abc"}, plain),
+        ({"Authorization": "Bearer nope"}, refused),
+        ({"Authorization": "Bearer " + "A" * 43}, refused),
+        (bearer, refused),  # logged out
     ):
-        response = await app.client.get("/auth/me", headers=headers)
-        assert response.status_code == 401
-        assert response.json()["error"]["code"] == "not_authenticated"
+        for method, path in (("GET", "/auth/me"), ("GET", "/auth/sessions")):
+            response = await app.client.request(method, path, headers=headers)
+            assert response.status_code == 401
+            assert response.json()["error"]["code"] == "not_authenticated"
+            assert response.headers["www-authenticate"] == challenge, (headers, path)
+    # Every 401 carries a challenge, a failed login's too (RFC 9110).
+    failed = await app.client.post(
+        "/auth/login", json={"email": "frida@example.com", "password": "not it, not at all"}
+    )
+    assert failed.status_code == 401 and failed.headers["www-authenticate"] == plain
 
 
 async def test_session_dies_after_the_idle_timeout(app: Served) -> None:

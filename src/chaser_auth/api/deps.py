@@ -10,7 +10,9 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import Scope
 
+from chaser_auth.api.errors import CHALLENGE
 from chaser_auth.domain.sessions import Authenticated
+from chaser_auth.errors import NotAuthenticated
 from chaser_auth.runtime import Runtime
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -123,7 +125,19 @@ async def current_session(
     runtime: Annotated[Runtime, Depends(get_runtime)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Authenticated:
-    return await runtime.sessions.authenticate(credentials.credentials if credentials else None)
+    """The live session of the bearer token; else 401 with `WWW-Authenticate: Bearer
+    realm="chaser-auth"` — and `error="invalid_token"` when a token was sent but is not a live
+    session (RFC 6750 §3.1), so a client can tell "sign in" from "sign in again"."""
+    token = credentials.credentials if credentials else None
+    try:
+        return await runtime.sessions.authenticate(token)
+    except NotAuthenticated as exc:
+        if token:
+            exc.headers = {
+                **exc.headers,
+                "WWW-Authenticate": f'{CHALLENGE}, error="invalid_token"',
+            }
+        raise
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

@@ -60,8 +60,17 @@ def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorResponse, "description": ERROR_TEXT[code]} for code in codes}
 
 
+# Every 401 names how to authenticate (RFC 9110 §15.5.2 requires a challenge): a bearer token,
+# a session token from an AuthResponse (RFC 6750). A refused token adds error="invalid_token"
+# (`api.deps.current_session`); the admin API has a realm of its own.
+CHALLENGE = 'Bearer realm="chaser-auth"'
+
+
 def render(error: ChaserError) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
+    headers = error.headers
+    if error.status == 401 and "WWW-Authenticate" not in headers:
+        headers = {**headers, "WWW-Authenticate": CHALLENGE}
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 
 def _validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
