@@ -23,7 +23,9 @@ from tests.test_cli import (
     create_user,
     outbox,
     poll,
+    read_eml,
     serving,
+    text_of,
     tmp_env,
 )
 
@@ -374,6 +376,44 @@ def test_users_reset_link_refuses_a_disabled_account_and_an_unknown_address(
     events = [e for (e,) in query(tmp_path, "SELECT event FROM audit_events")]
     assert "reset_link_issued_by_operator" not in events
     assert [r.id for r in listing(tmp_path, env)] == [hank]
+
+
+def test_users_create_invite_mails_a_link_that_sets_the_first_password(tmp_path: Path) -> None:
+    """`users create EMAIL --invite` (the admin API's invitation, from the command line): an
+    account with no password, and a mail the worker sends with a link to choose one."""
+    env = tmp_env(tmp_path, CHASER_AUTH_PUBLIC_URL=PUBLIC_URL, **LIMITS)
+    both = users("create", "jo@example.com", "--invite", "--password-stdin", cwd=tmp_path, env=env)
+    assert "--invite" in one_line_error(both)
+    invited = users("create", "jo@example.com", "--invite", cwd=tmp_path, env=env)
+    assert invited.returncode == 0, invited.stderr
+    created = re.fullmatch(r"created account ([0-9a-f-]{36}); .*\n", invited.stdout)
+    assert created, invited.stdout
+    again = users("create", "JO@example.com", "--invite", cwd=tmp_path, env=env)
+    assert "already exists" in one_line_error(again)
+    [row] = listing(tmp_path, env)
+    assert (row.id, row.email, row.verified, row.active) == (
+        created.group(1),
+        "jo@example.com",
+        "yes",
+        "yes",
+    )
+    assert query(tmp_path, "SELECT password_hash FROM users") == [(None,)]
+
+    mail_dir = tmp_path / "state" / "mail"
+    with serving(tmp_path, env) as url:  # its embedded worker sends the invitation
+        [eml] = poll(lambda: sorted(mail_dir.glob("*.eml")), "the invitation in the mail folder")
+        message = read_eml(eml)
+        assert message["Subject"] == "Set a password for your new account"
+        text = text_of(message)
+        token = re.search(rf"{PUBLIC_URL}/reset-password#token=([A-Za-z0-9_-]{{43}})", text)
+        assert token, text
+        assert login(url, "jo@example.com", PASSWORD).status_code == 401
+        assert confirm(url, token.group(1), PASSWORD).status_code == 200
+        assert login(url, "jo@example.com", PASSWORD).status_code == 200
+    [(detail,)] = query(
+        tmp_path, "SELECT detail FROM audit_events WHERE event = ?", "account_invited"
+    )
+    assert detail is None  # the command line's operator holds the server: no key to name
 
 
 # -- unknown addresses and help -----------------------------------------------------------------

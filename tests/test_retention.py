@@ -180,3 +180,25 @@ async def test_a_sign_up_nobody_confirms_leaves_when_its_link_expires(app: Serve
     assert (await app.client.post("/auth/register", json=sign_up)).status_code == 202
     await app.settle()
     assert await emails() == {"verified@example.com", "ghost@example.com"}
+
+
+async def test_operator_events_that_name_no_account_keep_the_full_retention(
+    app: Served,
+) -> None:
+    """docs/operations.md ("The audit trail"): an admin API call or refusal that names no
+    account is an operator's act, kept as long as account events — not a flood's leftovers."""
+    admin = app.runtime.admin
+    await admin.record_call("support", "admin-list-dead-letters", 200, client="127.0.0.1")
+    await admin.record_refused("admin-list-accounts", "unknown_key", client="127.0.0.1")
+    await app.request_reset("nobody@example.com")  # unmatched: the short retention
+    await app.settle()
+    operator = [("admin_call", None), ("admin_refused", None)]
+    assert ordered(await audit_state(app)) == ordered([*operator, ("reset_requested", None)])
+
+    app.clock.advance(app.settings.unmatched_retention_hours * HOUR + 1)
+    await app.runtime.housekeeping.audit_retention()
+    assert ordered(await audit_state(app)) == operator
+
+    app.clock.advance(app.settings.audit_retention_days * 24 * HOUR)
+    await app.runtime.housekeeping.audit_retention()
+    assert await audit_state(app) == []
