@@ -22,6 +22,7 @@ TOPICS = {
     "SECRET_KEY",
     "FILES",
     "MAIL_FROM",
+    "ADMIN_KEYS",
     "DATABASE",
     "SMTP_URL",
     "REDIS_URL",
@@ -192,6 +193,27 @@ def test_redis_where_nothing_listens_fails(tmp_path: Path) -> None:
     assert report.level("REDIS_URL") == "FAIL", report.done.stdout
     assert re.fullmatch(r"no answer to PING \(\w+\)", report.text("REDIS_URL"))
     assert report.done.returncode == 1
+
+
+# -- admin keys ---------------------------------------------------------------------------------
+
+
+def test_admin_keys_are_reported_by_name_and_an_unserved_admin_api_warns(tmp_path: Path) -> None:
+    none = doctor(tmp_path)
+    assert none.level("ADMIN_KEYS") == "ok"
+    assert "refuses every call" in none.text("ADMIN_KEYS")
+
+    pairs = f"support:{'a' * 64},billing:{'b' * 64}"
+    served = doctor(tmp_path, CHASER_AUTH_ADMIN_KEYS=pairs)
+    assert served.level("ADMIN_KEYS") == "ok", served.done.stdout
+    assert served.text("ADMIN_KEYS").startswith(
+        "2 keys (billing, support); admin API on 127.0.0.1:"
+    )
+    assert "a" * 64 not in served.done.stdout  # names, never digests
+
+    off = doctor(tmp_path, CHASER_AUTH_ADMIN_KEYS=pairs, CHASER_AUTH_OPERATOR_ADDRESS="")
+    assert off.level("ADMIN_KEYS") == "warn", off.done.stdout
+    assert "not served" in off.text("ADMIN_KEYS")
 
 
 # -- the secret ---------------------------------------------------------------------------------

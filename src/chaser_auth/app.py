@@ -1,7 +1,8 @@
 """`create_app(settings)` → the ASGI app: routers, pages, error handlers, edge middleware, lifespan.
 
 The lifespan builds the `Runtime` (engine, services), starts the operator listener
-(`api/operator.py`: `/metrics`, `/healthz`, `/readyz` on `CHASER_AUTH_OPERATOR_ADDRESS`; its URL
+(`api/operator.py`: `/metrics`, `/healthz`, `/readyz` and the admin API on
+`CHASER_AUTH_OPERATOR_ADDRESS`; its URL
 is `app.state.operator_url`, None when it is off) and, unless `embedded_worker` is off, runs
 the delivery worker as a task in the same event loop.
 """
@@ -68,7 +69,9 @@ def create_app(
                 sock = bind(*address, shared=share_operator_port)
                 operator = OperatorListener(create_operator_app(runtime), sock)
                 await operator.start()
-                log.info("operator listener on %s (/metrics, /healthz, /readyz)", operator.url)
+                log.info(
+                    "operator listener on %s (/metrics, /healthz, /readyz, /admin)", operator.url
+                )
             app.state.operator_url = operator.url if operator else None
             if settings.embedded_worker:
                 task = asyncio.create_task(runtime.worker().run(stop))

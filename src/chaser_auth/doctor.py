@@ -195,12 +195,28 @@ async def check_redis(settings: Settings) -> Finding:
     return Finding(OK, "REDIS_URL", "answers PING")
 
 
+def check_admin_keys(settings: Settings) -> Finding:
+    """The admin API's keys (names only: the configuration holds digests, never keys)."""
+    names = sorted(settings.admin_key_digests)
+    if not names:
+        return Finding(OK, "ADMIN_KEYS", "none: the admin API refuses every call")
+    listed = f"{len(names)} key{'s' if len(names) != 1 else ''} ({', '.join(names)})"
+    if not settings.operator_address:
+        return Finding(
+            WARN,
+            "ADMIN_KEYS",
+            f"{listed}, but CHASER_AUTH_OPERATOR_ADDRESS is empty: the admin API is not served",
+        )
+    return Finding(OK, "ADMIN_KEYS", f"{listed}; admin API on {settings.operator_address}")
+
+
 async def examine(settings: Settings) -> list[Finding]:
     return [
         *check_urls(settings),
         check_secret(settings),
         check_files(settings),
         check_mail_from(settings),
+        check_admin_keys(settings),
         await check_database(settings),
         await check_smtp(settings),
         await check_redis(settings),
