@@ -603,7 +603,16 @@ def test_help_mentions_every_command_and_flag_in_the_docs(tmp_path: Path) -> Non
     assert promised[("outbox",)] == {"list", "retry", "purge"}
     assert promised[("outbox", "list")] == {"--status", "queued", "done", "dead"}
     assert promised[("users", "create")] == {"--password-stdin", "--invite"}
-    assert promised[("users",)] == {"create", "list", "disable", "enable", "delete", "reset-link"}
+    assert promised[("users",)] == {
+        "create",
+        "list",
+        "disable",
+        "enable",
+        "sessions",
+        "delete",
+        "reset-link",
+    }
+    assert promised[("users", "sessions")] == {"--end"}
     assert promised[("users", "delete")] == {"--yes"}
     assert promised[("audit",)] == {"list", "purge"}
     assert promised[("audit", "list")] == {"--since", "--event", "--user", "--limit"}

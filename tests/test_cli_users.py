@@ -4,6 +4,7 @@ copy of the same database (login, sessions, reset links) and in the database fil
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import subprocess
@@ -292,6 +293,52 @@ def test_users_delete_needs_yes_then_removes_the_account_and_its_sessions(
     ) == [(0,)]
 
 
+def test_users_sessions_lists_the_live_sessions_and_end_ends_them(tmp_path: Path) -> None:
+    """The admin API's session calls, from the command line (the same domain functions)."""
+    env = tmp_env(tmp_path, **LIMITS)
+    [kate] = create_users("kate@example.com", cwd=tmp_path, env=env)
+    with serving(tmp_path, env) as url:
+        tokens = [login(url, "kate@example.com", PASSWORD).json()["token"] for _ in range(2)]
+        ended_by_logout = login(url, "kate@example.com", PASSWORD).json()["token"]
+        out = httpx.post(
+            f"{url}/auth/logout", headers={"Authorization": f"Bearer {ended_by_logout}"}, timeout=30
+        )
+        assert out.status_code == 204
+
+        listed = users("sessions", "kate@example.com", cwd=tmp_path, env=env)
+        assert listed.returncode == 0, listed.stderr
+        header, *rows = listed.stdout.splitlines()
+        assert header.split() == ["id", "created", "last", "used", "expires"]
+        assert len(rows) == 2  # the logged-out one is not live
+        ids = {row.split()[0] for row in rows}
+        stored = {
+            uuid_column(i)
+            for (i,) in query(
+                tmp_path,
+                "SELECT id FROM sessions WHERE user_id = ? AND revoked_at IS NULL",
+                uuid.UUID(kate).hex,
+            )
+        }
+        assert ids == stored
+        for token in tokens:
+            assert token not in listed.stdout
+
+        ended = users("sessions", "kate@example.com", "--end", cwd=tmp_path, env=env)
+        assert ended.returncode == 0, ended.stderr
+        assert ended.stdout == "ended 2 sessions\n"
+        for token in tokens:
+            assert me(url, token).status_code == 401
+        empty = users("sessions", "kate@example.com", cwd=tmp_path, env=env)
+        assert empty.stdout.splitlines()[1:] == []
+        assert login(url, "kate@example.com", PASSWORD).status_code == 200  # not disabled
+    unknown = users("sessions", "nobody@example.com", "--end", cwd=tmp_path, env=env)
+    assert unknown.stderr == NO_ACCOUNT
+    [(detail,)] = query(
+        tmp_path, "SELECT detail FROM audit_events WHERE event = ?", "sessions_ended_by_operator"
+    )
+    assert json.loads(str(detail)) == {"sessions_revoked": 2}  # no admin key: the CLI
+
+
 # -- reset-link ---------------------------------------------------------------------------------
 
 
@@ -438,7 +485,7 @@ def test_every_users_action_on_an_unknown_address_exits_1_with_one_line(tmp_path
 
 def test_users_help_lists_every_action(tmp_path: Path) -> None:
     env = tmp_env(tmp_path)
-    actions = ["create", "list", "disable", "enable", "delete", "reset-link"]
+    actions = ["create", "list", "disable", "enable", "sessions", "delete", "reset-link"]
     invocations = [("users", "--help"), *(("users", a, "--help") for a in actions)]
     results = cli_parallel(invocations, cwd=tmp_path, env=env)
     for args, done in zip(invocations, results, strict=True):

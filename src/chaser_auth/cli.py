@@ -122,6 +122,15 @@ def _parser() -> argparse.ArgumentParser:
     ):
         users.add_parser(action, help=text, description=text[0].upper() + text[1:] + ".")
         users.choices[action].add_argument("email")
+    sessions = users.add_parser(
+        "sessions",
+        help="list an account's live sessions, or end them all with --end",
+        description="List the account's live sessions (id, created, last used, expires; never "
+        "a token), most recently used first. With --end, end every one of them instead and "
+        "print how many; the account's next request with any of them is refused.",
+    )
+    sessions.add_argument("email")
+    sessions.add_argument("--end", action="store_true", help="end every session of the account")
     delete = users.add_parser(
         "delete",
         help="delete an account with its sessions and links",
@@ -481,6 +490,18 @@ async def _users(runtime: Runtime, args: argparse.Namespace) -> int:
     if args.users_command == "delete":
         user = await admin.delete(args.email, key=None)
         print(f"deleted account {user.id}")
+        return 0
+    if args.users_command == "sessions" and args.end:
+        ended = await admin.end_sessions(args.email, key=None)
+        print(f"ended {ended} session{'s' if ended != 1 else ''}")
+        return 0
+    if args.users_command == "sessions":
+        print(f"{'id':36}  {'created':20}  {'last used':20}  expires")
+        for row in await admin.sessions_of(args.email):
+            print(
+                f"{row.id!s:36}  {row.created_at:%Y-%m-%dT%H:%M:%SZ}  "
+                f"{row.last_seen_at:%Y-%m-%dT%H:%M:%SZ}  {row.expires_at:%Y-%m-%dT%H:%M:%SZ}"
+            )
         return 0
     print((await admin.recovery_link(args.email, key=None)).link)
     return 0
