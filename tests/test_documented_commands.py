@@ -138,7 +138,7 @@ def assert_runs_as_documented(checkout: Checkout, block: str) -> None:
 
 def test_the_readme_reset_flow_runs_as_written(checkout: Checkout) -> None:
     block = shell_block(README, "/auth/password-reset/request")
-    assert len(documented_answers(block)) == 4
+    assert len(documented_answers(block)) == 5
 
     assert_runs_as_documented(checkout, block)
     # Again for another account: the mail step must take the newest mail, not the first by name.
