@@ -20,6 +20,7 @@ from starlette.types import ASGIApp
 
 from chaser_auth import __version__
 from chaser_auth.api import accounts, errors, health, reset, signup
+from chaser_auth.api.browser import Cors
 from chaser_auth.api.deps import parse_proxies
 from chaser_auth.api.fastpath import RequestLane
 from chaser_auth.api.middleware import EdgeMiddleware
@@ -48,7 +49,7 @@ class ChaserAPI(FastAPI):
         stack = super().build_middleware_stack()
         path = reset.RESET_REQUEST_PATH
         route = next(r for r in reset.router.routes if getattr(r, "path", None) == path)
-        return RequestLane(stack, route)
+        return RequestLane(stack, route, cors=bool(self.state.cors_origins))
 
 
 def create_app(
@@ -120,6 +121,10 @@ def create_app(
     app.mount("/static", pages.static_files(settings), name="static")
     app.include_router(docs.router(f"{app.title} - docs", OPENAPI_URL, settings.public_url))
     app.mount(docs.STATIC_PATH, docs.static_files(), name="docs-static")
+    # Inside the edge layer (so preflights get its request id, headers and log line); the
+    # request lane hands requests with an Origin to this stack when CORS is on.
+    app.state.cors_origins = settings.cors_origin_list
+    app.add_middleware(Cors, origins=settings.cors_origin_list)
     app.add_middleware(EdgeMiddleware)
     return app
 

@@ -238,6 +238,14 @@ class Settings(BaseSettings):
         default=None,
         description="comma-separated addresses/networks whose `X-Forwarded-For` is believed",
     )
+    cors_origins: str = Field(
+        default="",
+        description="comma-separated origins (`https://app.example.com`, scheme, host and "
+        "port only) whose pages may call the API from the browser, with credentials: CORS "
+        "answers them, and a cookie session accepts their state-changing requests (see "
+        "[Browser apps](browser-apps.md)); empty = none, the pages and the API stay "
+        "same-origin",
+    )
 
     password_min_length: Annotated[
         int,
@@ -369,6 +377,24 @@ class Settings(BaseSettings):
             raise ValueError("must be an absolute http(s) URL")
         return value.rstrip("/")
 
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, value: str) -> str:
+        for part in value.split(","):
+            if part.strip():
+                origin(part.strip())  # raises ValueError with the reason
+        return value
+
+    @property
+    def cors_origin_list(self) -> tuple[str, ...]:
+        """The allowlisted origins, each as `origin` spells it, in the order given."""
+        return tuple(origin(part.strip()) for part in self.cors_origins.split(",") if part.strip())
+
+    @property
+    def public_origin(self) -> str:
+        """The origin of `public_url`: where the pages are, and the API's own origin."""
+        return origin(self.public_url, path_allowed=True)
+
     @field_validator("secret_key")
     @classmethod
     def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
@@ -456,6 +482,31 @@ def admin_key_digests(value: str) -> dict[str, str]:
             raise ValueError(f"entry {number}: the name {name} is used twice")
         pairs[name] = digest
     return pairs
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin(value: str, *, path_allowed: bool = False) -> str:
+    """An origin as browsers send it in `Origin`: `scheme://host[:port]`, lower case, the
+    default port left out; ValueError for anything else (a path, a query, user info)."""
+    parts = urlsplit(value.strip())
+    if parts.scheme not in _DEFAULT_PORTS or not parts.hostname:
+        raise ValueError(f"{value!r}: an origin is http(s)://host[:port]")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError(f"{value!r}: an origin is http(s)://host[:port], nothing more")
+    if not path_allowed and parts.path not in ("", "/"):
+        raise ValueError(f"{value!r}: an origin has no path")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"{value!r}: the port is not a number from 0 to 65535") from None
+    host = parts.hostname
+    if ":" in host:
+        host = f"[{host}]"
+    if port is None or port == _DEFAULT_PORTS[parts.scheme]:
+        return f"{parts.scheme}://{host}"
+    return f"{parts.scheme}://{host}:{port}"
 
 
 def split_address(value: str) -> tuple[str, int]:

@@ -9,6 +9,8 @@
     ├── WeakPassword                 weak_password        422     domain.passwords
     ├── InvalidCredentials           invalid_credentials  401     domain.accounts (login)
     ├── IncorrectPassword            incorrect_password   403     domain.accounts (change)
+    ├── CsrfRefused                  csrf_refused         403     api.browser (cookie session)
+    ├── OriginNotAllowed             origin_not_allowed   403     api.browser (CORS preflight)
     ├── NotAuthenticated             not_authenticated    401     api.deps (bearer missing/dead)
     ├── NotFound                     not_found            404     routing, unknown session
     ├── AccountExists                account_exists       409     users create, admin API
@@ -105,6 +107,26 @@ class IncorrectPassword(ChaserError):
     status = 403
     code = "incorrect_password"
     message = "The current password is incorrect."
+
+
+class CsrfRefused(ChaserError):
+    """A state-changing request on a cookie session that did not prove it came from an
+    allowed origin (docs/browser-apps.md)."""
+
+    status = 403
+    code = "csrf_refused"
+    message = (
+        "A request with a session cookie must come from this service's origin or an allowed "
+        "one and carry the Chaser-Session header."
+    )
+
+
+class OriginNotAllowed(ChaserError):
+    """A CORS preflight from an origin that is not in CHASER_AUTH_CORS_ORIGINS."""
+
+    status = 403
+    code = "origin_not_allowed"
+    message = "This origin may not call the API from a browser."
 
 
 class NotAuthenticated(ChaserError):

@@ -45,11 +45,30 @@ _ANSWER_HEADERS = [
 
 
 class RequestLane:
-    def __init__(self, app: ASGIApp, route: BaseRoute) -> None:
+    def __init__(self, app: ASGIApp, route: BaseRoute, *, cors: bool = False) -> None:
         self.app = app  # the full stack
+        self.cors = cors  # CORS is on: a request with an Origin goes to the stack, which answers it
         self.template: str = getattr(
             route, "path", RESET_REQUEST_PATH
         )  # the route's name in metrics
+
+    def _ordinary(self, headers: list[tuple[bytes, bytes]]) -> tuple[bool, bytes | None]:
+        """Whether the lane may answer a request with these headers (a JSON body declared
+        with its length, at most MAX_BODY; no Origin while CORS is on, as the stack's CORS
+        layer adds what that origin may see), and the client's request id."""
+        is_json = cross_origin = False
+        length = incoming_id = None
+        for name, value in headers:
+            if name == b"content-type":
+                is_json = value.split(b";", 1)[0].strip().lower() == b"application/json"
+            elif name == b"content-length":
+                length = value
+            elif name == b"x-request-id":
+                incoming_id = value
+            elif name == b"origin":
+                cross_origin = self.cors
+        sized = length is not None and length.isdigit() and int(length) <= MAX_BODY
+        return is_json and sized and not cross_origin, incoming_id
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (
@@ -60,16 +79,8 @@ class RequestLane:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        is_json = False
-        length = incoming_id = None
-        for name, value in scope["headers"]:
-            if name == b"content-type":
-                is_json = value.split(b";", 1)[0].strip().lower() == b"application/json"
-            elif name == b"content-length":
-                length = value
-            elif name == b"x-request-id":
-                incoming_id = value
-        if not is_json or length is None or not length.isdigit() or int(length) > MAX_BODY:
+        ordinary, incoming_id = self._ordinary(scope["headers"])
+        if not ordinary:
             await self.app(scope, receive, send)
             return
         message = await receive()
