@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from chaser_auth.api import browser
 from chaser_auth.api.deps import RuntimeDep, SessionDep, client_key
 from chaser_auth.api.errors import error_responses
 from chaser_auth.api.schemas import (
@@ -21,6 +22,7 @@ from chaser_auth.api.schemas import (
 )
 from chaser_auth.domain import tokens
 from chaser_auth.domain.addresses import address_key
+from chaser_auth.domain.sessions import AuthResult
 from chaser_auth.errors import IncorrectPassword, InvalidCredentials
 from chaser_auth.runtime import Runtime
 
@@ -41,7 +43,9 @@ UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
         **error_responses(413, 422, 429),
     },
 )
-async def login(body: LoginRequest, request: Request, runtime: RuntimeDep) -> AuthResponse:
+async def login(
+    body: LoginRequest, request: Request, response: Response, runtime: RuntimeDep
+) -> AuthResponse:
     # Three budgets (OWASP Authentication Cheat Sheet, "Account Lockout"; NIST SP 800-63B
     # "Rate Limiting"), each a 429 that is the same for a known and an unknown address:
     # - per client, every attempt whatever the address: each costs an argon2 verification, so
@@ -51,6 +55,7 @@ async def login(body: LoginRequest, request: Request, runtime: RuntimeDep) -> Au
     # - per account across all clients, every attempt until one succeeds (or a reset does):
     #   a hundred clients cannot make more than that many guesses at one account per window.
     #   Counted before the verification, so attempts in flight count too.
+    browser.precheck(request, runtime.settings)
     now = time.time()
     client = client_key(request)
     subject = account_subject(runtime, body.email)
@@ -67,7 +72,19 @@ async def login(body: LoginRequest, request: Request, runtime: RuntimeDep) -> Au
         await runtime.limiter.hit(failures, "login", f"{subject}:{client}")
         raise
     await runtime.limiter.clear(account, "login-account", subject)
-    return AuthResponse(email=result.email, token=result.token, user_id=str(result.user_id))
+    return session_answer(request, response, runtime, result)
+
+
+def session_answer(
+    request: Request, response: Response, runtime: Runtime, result: AuthResult
+) -> AuthResponse:
+    """The `AuthResponse` of a new session; with the session cookie too when the client asked
+    for it (`Chaser-Session`, docs/browser-apps.md), and then without the token unless it
+    asked for both."""
+    token = browser.give_session(
+        request, response, runtime.settings, result.token, result.expires_at
+    )
+    return AuthResponse(email=result.email, token=token, user_id=str(result.user_id))
 
 
 def account_subject(runtime: Runtime, email: str) -> str:
@@ -112,9 +129,12 @@ async def me(auth: SessionDep) -> MeResponse:
     response_class=Response,
     responses=UNAUTHORIZED,
 )
-async def logout(auth: SessionDep, runtime: RuntimeDep) -> Response:
+async def logout(auth: SessionDep, request: Request, runtime: RuntimeDep) -> Response:
     await runtime.sessions.revoke(auth.session.id)
-    return Response(status_code=204)
+    response = Response(status_code=204)
+    if getattr(request.state, "session_cookie", False):
+        browser.clear_session(response, runtime.settings)
+    return response
 
 
 @router.get(
@@ -167,10 +187,15 @@ async def end_session(
     },
 )
 async def change_password(
-    body: PasswordChangeRequest, request: Request, auth: SessionDep, runtime: RuntimeDep
+    body: PasswordChangeRequest,
+    request: Request,
+    response: Response,
+    auth: SessionDep,
+    runtime: RuntimeDep,
 ) -> AuthResponse:
     # Wrong current passwords count against the same per account+client budget as logins: a
     # stolen session must not become a password-guessing oracle.
+    browser.precheck(request, runtime.settings)
     client = client_key(request)
     key = f"{auth.user.id}:{client}"
     item = runtime.settings.limit("rate_limit_login")
@@ -183,4 +208,4 @@ async def change_password(
         await runtime.limiter.hit(item, "password-change", key)
         raise
     runtime.wake.set()
-    return AuthResponse(email=result.email, token=result.token, user_id=str(result.user_id))
+    return session_answer(request, response, runtime, result)

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import Scope
 
+from chaser_auth.api import browser
 from chaser_auth.api.errors import CHALLENGE
 from chaser_auth.domain.sessions import Authenticated
 from chaser_auth.errors import NotAuthenticated
@@ -122,13 +123,22 @@ _bearer = HTTPBearer(auto_error=False, description="A session token from an Auth
 
 
 async def current_session(
+    request: Request,
     runtime: Annotated[Runtime, Depends(get_runtime)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Authenticated:
-    """The live session of the bearer token; else 401 with `WWW-Authenticate: Bearer
-    realm="chaser-auth"` — and `error="invalid_token"` when a token was sent but is not a live
-    session (RFC 6750 §3.1), so a client can tell "sign in" from "sign in again"."""
+    """The live session of the bearer token or, without an `Authorization` header, of the
+    session cookie — whose state-changing requests must pass the CSRF check first
+    (docs/browser-apps.md). Else 401 with `WWW-Authenticate: Bearer realm="chaser-auth"` — and
+    `error="invalid_token"` when a token was sent but is not a live session (RFC 6750 §3.1), so
+    a client can tell "sign in" from "sign in again"."""
     token = credentials.credentials if credentials else None
+    if credentials is None and "authorization" not in request.headers:
+        cookie = browser.session_cookie(request, runtime.settings)
+        if cookie is not None:
+            browser.check_csrf(request, runtime.settings)
+            request.state.session_cookie = True
+            token = cookie
     try:
         return await runtime.sessions.authenticate(token)
     except NotAuthenticated as exc:

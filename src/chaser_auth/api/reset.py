@@ -6,7 +6,8 @@ import time
 
 from fastapi import APIRouter, Request, Response
 
-from chaser_auth.api.accounts import account_subject, forgive_login_failures
+from chaser_auth.api import browser
+from chaser_auth.api.accounts import account_subject, forgive_login_failures, session_answer
 from chaser_auth.api.deps import RuntimeDep, client_key
 from chaser_auth.api.errors import code_error_responses, error_responses
 from chaser_auth.api.schemas import (
@@ -72,13 +73,14 @@ async def record_request(runtime: Runtime, client: str, email: str) -> None:
     },
 )
 async def confirm_password_reset(
-    body: PasswordResetConfirmRequest, request: Request, runtime: RuntimeDep
+    body: PasswordResetConfirmRequest, request: Request, response: Response, runtime: RuntimeDep
 ) -> AuthResponse:
+    browser.precheck(request, runtime.settings)
     client = await spend_token_attempt(runtime, request)
     result = await runtime.recovery.confirm(body.token, body.password, client=client)
     runtime.wake.set()
     await forgive_login_failures(runtime, result.email)
-    return AuthResponse(email=result.email, token=result.token, user_id=str(result.user_id))
+    return session_answer(request, response, runtime, result)
 
 
 async def spend_token_attempt(runtime: Runtime, request: Request) -> str:

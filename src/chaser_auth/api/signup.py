@@ -6,6 +6,8 @@ import time
 
 from fastapi import APIRouter, Request, Response
 
+from chaser_auth.api import browser
+from chaser_auth.api.accounts import session_answer
 from chaser_auth.api.deps import RuntimeDep, client_key
 from chaser_auth.api.errors import code_error_responses, error_responses
 from chaser_auth.api.reset import spend_code_attempt, spend_token_attempt
@@ -62,11 +64,12 @@ async def register(body: RegisterRequest, request: Request, runtime: RuntimeDep)
     },
 )
 async def verify_email(
-    body: VerifyEmailRequest, request: Request, runtime: RuntimeDep
+    body: VerifyEmailRequest, request: Request, response: Response, runtime: RuntimeDep
 ) -> AuthResponse:
+    browser.precheck(request, runtime.settings)
     client = await spend_token_attempt(runtime, request)
     result = await runtime.registration.verify(body.token, client=client)
-    return AuthResponse(email=result.email, token=result.token, user_id=str(result.user_id))
+    return session_answer(request, response, runtime, result)
 
 
 @router.post(
@@ -80,8 +83,9 @@ async def verify_email(
     },
 )
 async def verify_email_code(
-    body: CodeRequest, request: Request, runtime: RuntimeDep
+    body: CodeRequest, request: Request, response: Response, runtime: RuntimeDep
 ) -> AuthResponse:
+    browser.precheck(request, runtime.settings)
     client = await spend_code_attempt(runtime, request, body.email)
     result = await runtime.registration.verify_code(body.email, body.code, client=client)
-    return AuthResponse(email=result.email, token=result.token, user_id=str(result.user_id))
+    return session_answer(request, response, runtime, result)

@@ -33,6 +33,7 @@ class AuthResult:
     user_id: uuid.UUID
     email: str
     token: str
+    expires_at: datetime  # the session's absolute end (its idle timeout may come sooner)
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class SessionService:
         on credential `version`: the account's version as the caller's transaction read or
         wrote it, with the row locked (`Users.lock`, `Users.set_password`)."""
         token = tokens.new_token()
+        expires_at = now + self.max
         await tx.sessions.add(
             Session(
                 id=uuid.uuid4(),
@@ -63,11 +65,11 @@ class SessionService:
                 token_digest=tokens.digest(self.secret, token),
                 created_at=now,
                 last_seen_at=now,
-                expires_at=now + self.max,
+                expires_at=expires_at,
                 credential_version=version,
             )
         )
-        return AuthResult(user_id=user.id, email=user.email, token=token)
+        return AuthResult(user_id=user.id, email=user.email, token=token, expires_at=expires_at)
 
     async def authenticate(self, token: str | None) -> Authenticated:
         if not token or not tokens.is_well_formed(token):
