@@ -234,6 +234,16 @@ class Settings(BaseSettings):
     rate_limit_register_per_ip: str = Field(
         default="20/hour", description="sign-ups per client address (each one hashes a password)"
     )
+    rate_limit_resend_per_ip: str = Field(
+        default="10/hour",
+        description="`verify-email/resend` requests per client address",
+    )
+    rate_limit_resend_per_address: str = Field(
+        default="5/hour",
+        description="`verify-email/resend` requests per address (as typed, normalised — "
+        "known or not); the mail itself also counts against "
+        "`CHASER_AUTH_RATE_LIMIT_RESET_PER_ADDRESS`",
+    )
     trusted_proxies: str | None = Field(
         default=None,
         description="comma-separated addresses/networks whose `X-Forwarded-For` is believed",
@@ -361,6 +371,8 @@ class Settings(BaseSettings):
         "rate_limit_token_per_ip",
         "rate_limit_code_per_address",
         "rate_limit_register_per_ip",
+        "rate_limit_resend_per_ip",
+        "rate_limit_resend_per_address",
         "mail_rate",
     )
     @classmethod

@@ -95,6 +95,12 @@ class VerifyEmailRequest(Schema):
     token: str
 
 
+class VerifyEmailResendRequest(Schema):
+    """The address to send a new verification link to."""
+
+    email: str
+
+
 class RegisterRequest(Schema):
     """Email address and password for a new account."""
 

@@ -7,7 +7,7 @@ import time
 from fastapi import APIRouter, Request, Response
 
 from chaser_auth.api import browser
-from chaser_auth.api.accounts import session_answer
+from chaser_auth.api.accounts import account_subject, session_answer
 from chaser_auth.api.deps import RuntimeDep, client_key
 from chaser_auth.api.errors import code_error_responses, error_responses
 from chaser_auth.api.reset import spend_code_attempt, spend_token_attempt
@@ -17,6 +17,7 @@ from chaser_auth.api.schemas import (
     MessageResponse,
     RegisterRequest,
     VerifyEmailRequest,
+    VerifyEmailResendRequest,
 )
 
 router = APIRouter(prefix="/auth", tags=["subpackage_auth"])
@@ -51,6 +52,49 @@ async def register(body: RegisterRequest, request: Request, runtime: RuntimeDep)
     await runtime.registration.register(body.email, body.password, client)
     runtime.wake.set()
     return Response(REGISTERED_BODY, status_code=202, media_type="application/json")
+
+
+# One constant answer for every address: waiting for verification, verified, unknown, disabled.
+RESENT_BODY = (
+    MessageResponse(
+        message="If this address has an account waiting for verification, a new link has "
+        "been sent to it."
+    )
+    .model_dump_json()
+    .encode()
+)
+
+
+@router.post(
+    "/verify-email/resend",
+    operation_id="resend-verification-email",
+    summary="Send a new email-verification link (always answers 202)",
+    status_code=202,
+    response_model=MessageResponse,
+    responses={
+        202: {"description": "Accepted; a new link follows if the address is waiting for one"},
+        **error_responses(413, 422, 429),
+    },
+)
+async def resend_verification(
+    body: VerifyEmailResendRequest, request: Request, runtime: RuntimeDep
+) -> Response:
+    # Per client, and per address as typed (a keyed hash, known or not): the same 429 for
+    # every address. The mail also counts against the per-address mail budget, in the worker.
+    now = time.time()
+    client = client_key(request)
+    await runtime.limiter.enforce(
+        runtime.settings.limit("rate_limit_resend_per_ip"), "resend-ip", client, now
+    )
+    await runtime.limiter.enforce(
+        runtime.settings.limit("rate_limit_resend_per_address"),
+        "resend-address",
+        account_subject(runtime, body.email),
+        now,
+    )
+    await runtime.registration.request_resend(body.email, client)
+    runtime.wake.set()
+    return Response(RESENT_BODY, status_code=202, media_type="application/json")
 
 
 @router.post(

@@ -1,11 +1,11 @@
 """What the outbox means to the services that fill it and to the worker that empties it.
 
 A row is queued under one of the kinds below — by the request path (`RESET_REQUEST`,
-`REGISTER`), by a credential change (`PASSWORD_CHANGED`) or by an operator's invitation
-(`INVITATION`). The delivery worker asks the
-service that owns the kind what the row becomes: a `Letter` to send, or a `Skip` with its
-outcome; either carries the audit `Note`s to record with it, in the transaction that finishes
-the row. Mail to one address is budgeted (`AddressLimit`), whichever kind it is.
+`REGISTER`, `VERIFY_RESEND`), by a credential change (`PASSWORD_CHANGED`) or by an operator's
+invitation (`INVITATION`). The delivery worker asks the service that owns the kind what the
+row becomes: a `Letter` to send, or a `Skip` with its outcome; either carries the audit `Note`s
+to record with it, in the transaction that finishes the row. Mail to one address is budgeted
+(`AddressLimit`), whichever kind it is.
 
 Recovery, registration and accounts speak this vocabulary without importing one another.
 """
@@ -22,6 +22,7 @@ RESET_REQUEST = "password_reset_request"
 PASSWORD_CHANGED = "password_changed"  # noqa: S105 - an outbox kind, not a secret
 REGISTER = "register"
 INVITATION = "invitation"
+VERIFY_RESEND = "verify_resend"
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from chaser_auth.domain.accounts import new_user
 from chaser_auth.domain.addresses import address_key, stored_form
 from chaser_auth.domain.clock import Clock
 from chaser_auth.domain.links import Links
-from chaser_auth.domain.outbox import REGISTER, AddressLimit, Letter, Skip
+from chaser_auth.domain.outbox import REGISTER, VERIFY_RESEND, AddressLimit, Letter, Skip
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.sessions import AuthResult, SessionService
 from chaser_auth.errors import InvalidAddress, InvalidCode, InvalidToken
@@ -84,7 +84,45 @@ class RegistrationService:
             {"email": raw_email, "password_hash": password_hash, "client": client},
         )
 
+    async def request_resend(self, raw_email: str, client: str) -> None:
+        """Another verification link, asked for on the request path: like a reset request, one
+        outbox row whatever the address (malformed, unknown, verified or waiting), so the
+        answer and its timing cannot tell them apart; the worker decides (`prepare_resend`)."""
+        await self.intake.enqueue(
+            VERIFY_RESEND, self.clock(), {"email": raw_email, "client": client}
+        )
+
     # -- worker -------------------------------------------------------------------------------
+
+    async def prepare_resend(self, job: Job, limit: AddressLimit) -> Letter | Skip:
+        """A new verification link for an active account still waiting for verification (its
+        older links die); nothing for any other address. The mail counts against the same
+        per-address budget as reset and sign-up mail."""
+        now = self.clock()
+        if job.user_id is not None:  # resolved on an earlier attempt: send the same mail again
+            return await self._resend(job, now)
+        payload = job.payload or {}
+        client = str(payload["client"]) if payload.get("client") else None
+        key = address_key(str(payload.get("email", "")))
+        if key is None:
+            return Skip("invalid")
+        async with self.store.tx() as tx:
+            user = await tx.users.by_key(key)
+        if user is None:
+            return Skip("no_account")
+        if not user.is_active:
+            return Skip("account_disabled")
+        if user.email_verified:
+            return Skip("already_verified")
+        if not (await limit.allow_many([tokens.keyed_hash(self.secret, key)]))[0]:
+            return Skip("suppressed")
+        async with self.store.tx() as tx:
+            locked = await tx.users.lock(user.id)
+            if locked is None or locked.email_verified or not locked.is_active:
+                return Skip("stale")
+            await tx.audit.record("verification_resent", now, user_id=user.id, client=client)
+            [token] = await self.links.issue(tx, [(user.id, job.id)], now)
+        return self._verify_letter(locked, token)
 
     async def prepare(self, job: Job, limit: AddressLimit) -> Letter | Skip:
         now = self.clock()

@@ -40,6 +40,7 @@ from chaser_auth.domain.outbox import (
     PASSWORD_CHANGED,
     REGISTER,
     RESET_REQUEST,
+    VERIFY_RESEND,
     AddressLimit,
     Letter,
     Note,
@@ -134,6 +135,9 @@ class Worker:
             PASSWORD_CHANGED: one_by_one(self.recovery.prepare_changed_notice),
             REGISTER: one_by_one(lambda job: registration.prepare(job, self.address_limit)),
             INVITATION: one_by_one(self.recovery.prepare_invitation),
+            VERIFY_RESEND: one_by_one(
+                lambda job: registration.prepare_resend(job, self.address_limit)
+            ),
         }
 
     async def run(self, stop: asyncio.Event) -> None:
