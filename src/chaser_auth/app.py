@@ -26,6 +26,7 @@ from chaser_auth.api.fastpath import RequestLane
 from chaser_auth.api.middleware import EdgeMiddleware
 from chaser_auth.api.operator import OperatorListener, bind, create_operator_app
 from chaser_auth.config import Settings
+from chaser_auth.domain import devices
 from chaser_auth.domain.clock import Clock, utcnow
 from chaser_auth.logs import configure_logging
 from chaser_auth.runtime import Runtime
@@ -62,6 +63,7 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = Runtime.build(settings, clock)
         app.state.runtime = runtime
+        devices.warm_up()
         operator: OperatorListener | None = None
         stop = asyncio.Event()
         task: asyncio.Task[None] | None = None

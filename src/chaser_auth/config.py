@@ -265,6 +265,11 @@ class Settings(BaseSettings):
             description="NIST SP 800-63B Rev 4 minimum for a single-factor password",
         ),
     ] = 15
+    notify_new_sign_in: bool = Field(
+        default=False,
+        description='email the account a "new sign-in" notice after every successful login, '
+        "naming the browser and the network it came from",
+    )
     notify_unknown: bool = Field(
         default=False,
         description="tell an address with no account that someone asked (same per-address limit)",

@@ -71,7 +71,12 @@ class Runtime:
             SqliteIntake(path, store.write_lock) if path is not None else OutboxIntake(store)
         )
         accounts = AccountService(
-            store=store, clock=clock, policy=policy, hasher=hasher, sessions=sessions
+            store=store,
+            clock=clock,
+            policy=policy,
+            hasher=hasher,
+            sessions=sessions,
+            notify_new_sign_in=settings.notify_new_sign_in,
         )
         recovery = RecoveryService(
             store=store,

@@ -27,7 +27,7 @@ BACKENDS = EVERY_BACKEND  # SQLite with process memory; PostgreSQL with Redis
 SESSIONS = "/auth/sessions"
 CHANGE = "/auth/password/change"
 CONFIRM = "/auth/password-reset/confirm"
-FIELDS = {"id", "created_at", "last_seen_at", "expires_at", "current"}
+FIELDS = {"id", "created_at", "last_seen_at", "expires_at", "current", "device", "place"}
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 
 from chaser_auth.api import browser
-from chaser_auth.api.deps import RuntimeDep, SessionDep, client_key
+from chaser_auth.api.deps import RuntimeDep, SessionDep, client_key, request_device
 from chaser_auth.api.errors import error_responses
 from chaser_auth.api.schemas import (
     AuthResponse,
@@ -67,7 +67,9 @@ async def login(
     )
     await runtime.limiter.enforce(account, "login-account", subject, now)
     try:
-        result = await runtime.accounts.login(body.email, body.password, client=client)
+        result = await runtime.accounts.login(
+            body.email, body.password, client=client, device=request_device(request)
+        )
     except InvalidCredentials:
         await runtime.limiter.hit(failures, "login", f"{subject}:{client}")
         raise
@@ -154,6 +156,8 @@ async def list_sessions(auth: SessionDep, runtime: RuntimeDep) -> SessionList:
                 last_seen_at=row.last_seen_at,
                 expires_at=row.expires_at,
                 current=row.id == auth.session.id,
+                device=row.client_description,
+                place=row.client_place,
             )
             for row in rows
         ]
@@ -202,7 +206,11 @@ async def change_password(
     await runtime.limiter.blocked(item, "password-change", key, time.time())
     try:
         result = await runtime.accounts.change_password(
-            auth.user, body.current_password, body.password, client=client
+            auth.user,
+            body.current_password,
+            body.password,
+            client=client,
+            device=request_device(request),
         )
     except IncorrectPassword:
         await runtime.limiter.hit(item, "password-change", key)

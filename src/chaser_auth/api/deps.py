@@ -12,6 +12,8 @@ from starlette.types import Scope
 
 from chaser_auth.api import browser
 from chaser_auth.api.errors import CHALLENGE
+from chaser_auth.domain import devices
+from chaser_auth.domain.devices import Device
 from chaser_auth.domain.sessions import Authenticated
 from chaser_auth.errors import NotAuthenticated
 from chaser_auth.runtime import Runtime
@@ -63,6 +65,11 @@ def scope_client_address(scope: Scope) -> str:
         if not _within(hop, proxies):
             return hop
     return peer
+
+
+def request_device(request: Request) -> Device:
+    """The browser or client of this request (User-Agent) and its network."""
+    return Device(request.headers.get("user-agent"), scope_client_address(request.scope))
 
 
 def _hop_address(hop: str) -> str:
@@ -140,7 +147,7 @@ async def current_session(
             request.state.session_cookie = True
             token = cookie
     try:
-        return await runtime.sessions.authenticate(token)
+        return await runtime.sessions.authenticate(token, place=place(request))
     except NotAuthenticated as exc:
         if token:
             exc.headers = {
@@ -148,6 +155,10 @@ async def current_session(
                 "WWW-Authenticate": f'{CHALLENGE}, error="invalid_token"',
             }
         raise
+
+
+def place(request: Request) -> str | None:
+    return devices.coarsen(scope_client_address(request.scope))
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from chaser_auth.api import browser
 from chaser_auth.api.accounts import account_subject, forgive_login_failures, session_answer
-from chaser_auth.api.deps import RuntimeDep, client_key
+from chaser_auth.api.deps import RuntimeDep, client_key, request_device
 from chaser_auth.api.errors import code_error_responses, error_responses
 from chaser_auth.api.schemas import (
     AuthResponse,
@@ -77,7 +77,9 @@ async def confirm_password_reset(
 ) -> AuthResponse:
     browser.precheck(request, runtime.settings)
     client = await spend_token_attempt(runtime, request)
-    result = await runtime.recovery.confirm(body.token, body.password, client=client)
+    result = await runtime.recovery.confirm(
+        body.token, body.password, client=client, device=request_device(request)
+    )
     runtime.wake.set()
     await forgive_login_failures(runtime, result.email)
     return session_answer(request, response, runtime, result)

@@ -10,7 +10,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Schema(BaseModel):
@@ -123,6 +123,12 @@ class SessionInfo(Schema):
     last_seen_at: datetime
     expires_at: datetime
     current: bool
+    device: str | None = Field(
+        description='The browser or client it was opened from, e.g. "Firefox 128 on Windows 10"'
+    )
+    place: str | None = Field(
+        description="The network it was last used from: an IPv4 /24 or an IPv6 /48"
+    )
 
 
 class SessionList(Schema):

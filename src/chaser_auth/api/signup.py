@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from chaser_auth.api import browser
 from chaser_auth.api.accounts import account_subject, session_answer
-from chaser_auth.api.deps import RuntimeDep, client_key
+from chaser_auth.api.deps import RuntimeDep, client_key, request_device
 from chaser_auth.api.errors import code_error_responses, error_responses
 from chaser_auth.api.reset import spend_code_attempt, spend_token_attempt
 from chaser_auth.api.schemas import (
@@ -112,7 +112,9 @@ async def verify_email(
 ) -> AuthResponse:
     browser.precheck(request, runtime.settings)
     client = await spend_token_attempt(runtime, request)
-    result = await runtime.registration.verify(body.token, client=client)
+    result = await runtime.registration.verify(
+        body.token, client=client, device=request_device(request)
+    )
     return session_answer(request, response, runtime, result)
 
 

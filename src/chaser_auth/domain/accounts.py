@@ -11,7 +11,8 @@ from datetime import datetime
 
 from chaser_auth.domain.addresses import address_key, stored_form
 from chaser_auth.domain.clock import Clock
-from chaser_auth.domain.outbox import INVITATION, PASSWORD_CHANGED
+from chaser_auth.domain.devices import Device
+from chaser_auth.domain.outbox import INVITATION, NEW_SIGN_IN, PASSWORD_CHANGED, device_payload
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.sessions import AuthResult, SessionService
 from chaser_auth.errors import (
@@ -61,7 +62,9 @@ class AccountService:
         policy: PasswordPolicy,
         hasher: PasswordHasher,
         sessions: SessionService,
+        notify_new_sign_in: bool = False,
     ) -> None:
+        self.notify_new_sign_in = notify_new_sign_in
         self.store = store
         self.clock = clock
         self.policy = policy
@@ -104,7 +107,14 @@ class AccountService:
             await tx.audit.record("account_invited", now, user_id=user.id, detail=by_key(by))
         return user
 
-    async def login(self, email: str, password: str, *, client: str | None = None) -> AuthResult:
+    async def login(
+        self,
+        email: str,
+        password: str,
+        *,
+        client: str | None = None,
+        device: Device | None = None,
+    ) -> AuthResult:
         """Unknown address, inactive or unverified account and wrong password all cost one
         argon2 verification and end in the same error (no enumeration by body or timing).
 
@@ -132,7 +142,13 @@ class AccountService:
                 raise InvalidCredentials()
             if rehashed is not None:
                 await tx.users.replace_hash(user.id, rehashed)
-            result = await self.sessions.open(tx, current, now, version=current.credential_version)
+            result = await self.sessions.open(
+                tx, current, now, version=current.credential_version, device=device
+            )
+            if self.notify_new_sign_in:
+                await tx.outbox.enqueue(
+                    NEW_SIGN_IN, now, user_id=user.id, payload=device_payload(device)
+                )
             await tx.audit.record("login_succeeded", now, user_id=user.id, client=client)
         return result
 
@@ -141,7 +157,13 @@ class AccountService:
         return user.is_active and user.email_verified
 
     async def change_password(
-        self, user: User, current: str, new: str, *, client: str | None = None
+        self,
+        user: User,
+        current: str,
+        new: str,
+        *,
+        client: str | None = None,
+        device: Device | None = None,
     ) -> AuthResult:
         """Current password required; then a new session, every other one revoked, and the
         changed-password notice queued — as after a reset. Outstanding reset links stay
@@ -166,8 +188,10 @@ class AccountService:
             # to cancel the mailbox owner's way back in; a reset overrides this change.
             await tx.verify_tokens.revoke_all(user.id, now)
             revoked = await tx.sessions.revoke_all(user.id, now)
-            result = await self.sessions.open(tx, user, now, version=version)
-            await tx.outbox.enqueue(PASSWORD_CHANGED, now, user_id=user.id)
+            result = await self.sessions.open(tx, user, now, version=version, device=device)
+            await tx.outbox.enqueue(
+                PASSWORD_CHANGED, now, user_id=user.id, payload=device_payload(device)
+            )
             await tx.audit.record(
                 "password_changed",
                 now,

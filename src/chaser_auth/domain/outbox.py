@@ -18,11 +18,21 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from chaser_auth.domain.devices import Device
+
 RESET_REQUEST = "password_reset_request"
 PASSWORD_CHANGED = "password_changed"  # noqa: S105 - an outbox kind, not a secret
 REGISTER = "register"
 INVITATION = "invitation"
 VERIFY_RESEND = "verify_resend"
+NEW_SIGN_IN = "new_sign_in"
+
+
+def device_payload(device: Device | None) -> dict[str, Any] | None:
+    """What a notice says about the browser that acted: its description and network."""
+    if device is None:
+        return None
+    return {"device": device.description, "place": device.place}
 
 
 @dataclass(frozen=True)
@@ -63,6 +73,13 @@ class Skip:
 
     outcome: str
     notes: tuple[Note, ...] = ()
+
+
+def device_context(job: Any) -> dict[str, str]:
+    """A notice's template context from its row's `device_payload`: `device` and `place`,
+    each empty when not known."""
+    payload = getattr(job, "payload", None) or {}
+    return {key: str(payload.get(key) or "") for key in ("device", "place")}
 
 
 class AddressLimit(Protocol):

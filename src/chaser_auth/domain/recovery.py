@@ -23,6 +23,7 @@ from chaser_auth import metrics
 from chaser_auth.domain import tokens
 from chaser_auth.domain.addresses import address_key, stored_form
 from chaser_auth.domain.clock import Clock
+from chaser_auth.domain.devices import Device
 from chaser_auth.domain.links import Grant, Links
 from chaser_auth.domain.outbox import (
     PASSWORD_CHANGED,
@@ -31,6 +32,8 @@ from chaser_auth.domain.outbox import (
     Letter,
     Note,
     Skip,
+    device_context,
+    device_payload,
 )
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.sessions import AuthResult, SessionService
@@ -297,6 +300,23 @@ class RecoveryService:
             {
                 "changed_at": changed.strftime("%Y-%m-%d %H:%M UTC"),
                 "forgot_link": f"{self.public_url}/forgot-password",
+                **device_context(job),
+            },
+        )
+
+    async def prepare_sign_in_notice(self, job: Job) -> Letter | Skip:
+        """The opt-in "new sign-in" notice (`CHASER_AUTH_NOTIFY_NEW_SIGN_IN`)."""
+        async with self.store.tx() as tx:
+            user = await tx.users.get(job.user_id) if job.user_id else None
+        if user is None or not user.is_active:
+            return Skip("no_account")
+        return Letter(
+            "new_sign_in",
+            user.email,
+            {
+                "signed_in_at": job.created_at.strftime("%Y-%m-%d %H:%M UTC"),
+                "forgot_link": f"{self.public_url}/forgot-password",
+                **device_context(job),
             },
         )
 
@@ -351,7 +371,14 @@ class RecoveryService:
         metrics.TOKENS.labels(RESET_PURPOSE, "code_redeemed").inc()
         return self.links.token_of(row.outbox_id), row.expires_at
 
-    async def confirm(self, token: str, password: str, *, client: str | None = None) -> AuthResult:
+    async def confirm(
+        self,
+        token: str,
+        password: str,
+        *,
+        client: str | None = None,
+        device: Device | None = None,
+    ) -> AuthResult:
         """Use the token: the new password is set, whatever credential the account had — a
         reset is how an owner takes the account back, so it overrides any change in flight
         (`AccountService.change_password` yields to it) — every session ends, and this one
@@ -380,8 +407,10 @@ class RecoveryService:
                 await tx.reset_tokens.revoke_all(user.id, now)
                 await tx.verify_tokens.revoke_all(user.id, now)
                 revoked = await tx.sessions.revoke_all(user.id, now)
-                result = await self.sessions.open(tx, user, now, version=version)
-                await tx.outbox.enqueue(PASSWORD_CHANGED, now, user_id=user.id)
+                result = await self.sessions.open(tx, user, now, version=version, device=device)
+                await tx.outbox.enqueue(
+                    PASSWORD_CHANGED, now, user_id=user.id, payload=device_payload(device)
+                )
                 await tx.audit.record(
                     "password_reset_completed",
                     now,

@@ -25,6 +25,7 @@ from chaser_auth.domain import tokens
 from chaser_auth.domain.accounts import new_user
 from chaser_auth.domain.addresses import address_key, stored_form
 from chaser_auth.domain.clock import Clock
+from chaser_auth.domain.devices import Device
 from chaser_auth.domain.links import Links
 from chaser_auth.domain.outbox import REGISTER, VERIFY_RESEND, AddressLimit, Letter, Skip
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
@@ -189,17 +190,19 @@ class RegistrationService:
 
     # -- verify path --------------------------------------------------------------------------
 
-    async def verify(self, token: str, *, client: str | None = None) -> AuthResult:
+    async def verify(
+        self, token: str, *, client: str | None = None, device: Device | None = None
+    ) -> AuthResult:
         """Use the token: the address is verified and a session starts. InvalidToken otherwise."""
         try:
-            result = await self._verify(token, client)
+            result = await self._verify(token, client, device)
         except InvalidToken as exc:
             metrics.TOKENS.labels(VERIFY_PURPOSE, exc.reason).inc()
             raise
         metrics.TOKENS.labels(VERIFY_PURPOSE, "consumed").inc()
         return result
 
-    async def _verify(self, token: str, client: str | None) -> AuthResult:
+    async def _verify(self, token: str, client: str | None, device: Device | None) -> AuthResult:
         if not tokens.is_well_formed(token):
             raise InvalidToken()
         now = self.clock()
@@ -217,7 +220,9 @@ class RegistrationService:
                 raise InvalidToken(reason="expired" if expired else "invalid")
             await tx.users.mark_verified(user.id)
             await tx.verify_tokens.revoke_all(user.id, now)
-            result = await self.sessions.open(tx, user, now, version=user.credential_version)
+            result = await self.sessions.open(
+                tx, user, now, version=user.credential_version, device=device
+            )
             await tx.audit.record("email_verified", now, user_id=user.id, client=client)
         return result
 

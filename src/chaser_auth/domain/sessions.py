@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 from chaser_auth.domain import tokens
 from chaser_auth.domain.clock import Clock
+from chaser_auth.domain.devices import Device
 from chaser_auth.errors import NotAuthenticated, NotFound
 from chaser_auth.store.tables import Session, User
 from chaser_auth.store.transactions import Store, Tx
@@ -52,10 +53,13 @@ class SessionService:
         self.idle = timedelta(seconds=idle_ttl)
         self.max = timedelta(seconds=max_ttl)
 
-    async def open(self, tx: Tx, user: User, now: datetime, *, version: int) -> AuthResult:
+    async def open(
+        self, tx: Tx, user: User, now: datetime, *, version: int, device: Device | None = None
+    ) -> AuthResult:
         """Start a session inside the caller's transaction (so it exists iff the change does),
         on credential `version`: the account's version as the caller's transaction read or
-        wrote it, with the row locked (`Users.lock`, `Users.set_password`)."""
+        wrote it, with the row locked (`Users.lock`, `Users.set_password`). `device`: the
+        browser or client it was opened from, and its network (`devices`)."""
         token = tokens.new_token()
         expires_at = now + self.max
         await tx.sessions.add(
@@ -67,11 +71,16 @@ class SessionService:
                 last_seen_at=now,
                 expires_at=expires_at,
                 credential_version=version,
+                client_description=device.description if device else None,
+                client_place=device.place if device else None,
             )
         )
         return AuthResult(user_id=user.id, email=user.email, token=token, expires_at=expires_at)
 
-    async def authenticate(self, token: str | None) -> Authenticated:
+    async def authenticate(self, token: str | None, *, place: str | None = None) -> Authenticated:
+        """The live session behind `token` (NotAuthenticated otherwise), recorded as used now
+        from `place` (a network, `devices.coarsen`): written at most every TOUCH_INTERVAL, or
+        at once when the place changed."""
         if not token or not tokens.is_well_formed(token):
             raise NotAuthenticated()
         now = self.clock()
@@ -82,8 +91,9 @@ class SessionService:
             user = await tx.users.get(session.user_id)
             if user is None or not self._current(session, user):
                 raise NotAuthenticated()
-            if now - session.last_seen_at >= TOUCH_INTERVAL:
-                await tx.sessions.touch(session.id, now)
+            moved = place is not None and place != session.client_place
+            if moved or now - session.last_seen_at >= TOUCH_INTERVAL:
+                await tx.sessions.touch(session.id, now, place)
         return Authenticated(session=session, user=user)
 
     @staticmethod

@@ -37,6 +37,7 @@ from chaser_auth import metrics
 from chaser_auth.domain.clock import Clock
 from chaser_auth.domain.outbox import (
     INVITATION,
+    NEW_SIGN_IN,
     PASSWORD_CHANGED,
     REGISTER,
     RESET_REQUEST,
@@ -135,6 +136,7 @@ class Worker:
             PASSWORD_CHANGED: one_by_one(self.recovery.prepare_changed_notice),
             REGISTER: one_by_one(lambda job: registration.prepare(job, self.address_limit)),
             INVITATION: one_by_one(self.recovery.prepare_invitation),
+            NEW_SIGN_IN: one_by_one(self.recovery.prepare_sign_in_notice),
             VERIFY_RESEND: one_by_one(
                 lambda job: registration.prepare_resend(job, self.address_limit)
             ),

@@ -199,10 +199,12 @@ class Sessions:
     async def by_digest(self, token_digest: str) -> Session | None:
         return await self.db.scalar(select(Session).where(Session.token_digest == token_digest))
 
-    async def touch(self, session_id: uuid.UUID, now: datetime) -> None:
-        await self.db.execute(
-            update(Session).where(Session.id == session_id).values(last_seen_at=now)
-        )
+    async def touch(self, session_id: uuid.UUID, now: datetime, place: str | None) -> None:
+        """Used now, from `place` (a network; None leaves the one recorded)."""
+        values: dict[str, Any] = {"last_seen_at": now}
+        if place is not None:
+            values["client_place"] = place
+        await self.db.execute(update(Session).where(Session.id == session_id).values(**values))
 
     async def get(self, session_id: uuid.UUID) -> Session | None:
         return await self.db.get(Session, session_id)

@@ -69,6 +69,8 @@ class Session(Base):
     expires_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
     credential_version: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
+    client_description: Mapped[str | None] = mapped_column(String(100))  # "Firefox 128 on …"
+    client_place: Mapped[str | None] = mapped_column(String(64))  # last used from: a network
 
 
 class LinkToken:
