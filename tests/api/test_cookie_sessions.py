@@ -190,6 +190,16 @@ async def test_the_cookie_serves_every_bearer_route_and_logout_clears_it(site: S
         )
         assert ended.status_code == 204
         assert not await live(site, other)
+        # Ending its own session by id is a logout too: the cookie is cleared.
+        third = await cookie_login(site)
+        seen = await bare.get("/auth/sessions", headers=with_cookie(site, third))
+        [own] = [s["id"] for s in seen.json()["sessions"] if s["current"]]
+        ended_own = await bare.delete(
+            f"/auth/sessions/{own}", headers=with_cookie(site, third, **browser_headers(site.url))
+        )
+        assert ended_own.status_code == 204
+        assert "Max-Age=0" in ended_own.headers["set-cookie"]
+        assert not await live(site, third)
         out = await bare.post(
             "/auth/logout", headers=with_cookie(site, value, **browser_headers(ALLOWED))
         )

@@ -176,7 +176,10 @@ async def end_session(
     session_id: uuid.UUID, request: Request, auth: SessionDep, runtime: RuntimeDep
 ) -> Response:
     await runtime.sessions.end(auth.user, session_id, client=client_key(request))
-    return Response(status_code=204)
+    response = Response(status_code=204)
+    if session_id == auth.session.id and getattr(request.state, "session_cookie", False):
+        browser.clear_session(response, runtime.settings)  # its own session: as a logout
+    return response
 
 
 @router.post(
