@@ -315,6 +315,8 @@ class LiveApp:
             rate_limit_reset_per_ip=UNLIMITED,
             rate_limit_reset_per_address=UNLIMITED,
             rate_limit_register_per_ip=UNLIMITED,
+            rate_limit_resend_per_ip=UNLIMITED,
+            rate_limit_resend_per_address=UNLIMITED,
             rate_limit_login=UNLIMITED,
             rate_limit_code_per_address=UNLIMITED,
         )
