@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp
 
 from chaser_auth import __version__
-from chaser_auth.api import accounts, errors, health, reset, signup
+from chaser_auth.api import accounts, email, errors, health, reset, signup
 from chaser_auth.api.browser import Cors
 from chaser_auth.api.deps import parse_proxies
 from chaser_auth.api.fastpath import RequestLane
@@ -118,6 +118,7 @@ def create_app(
     app.include_router(reset.router)
     app.include_router(signup.router)
     app.include_router(accounts.router)
+    app.include_router(email.router)
     app.include_router(health.router)
     app.include_router(pages.router(settings))
     app.mount("/static", pages.static_files(settings), name="static")

@@ -175,6 +175,14 @@ class Settings(BaseSettings):
             "newest sign-up's link expired unconfirmed is deleted by the worker's hourly chores",
         ),
     ] = 86400
+    email_change_ttl: Annotated[
+        int,
+        Field(
+            gt=0,
+            description="seconds the link confirming a new address stays valid, and the undo "
+            "link sent to the old address after the change",
+        ),
+    ] = 86400
     session_idle_ttl: Annotated[
         int, Field(gt=0, description="seconds a session lives without being used")
     ] = 604800

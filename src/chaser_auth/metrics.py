@@ -50,8 +50,8 @@ LIMITED = Counter(
 )
 TOKENS = Counter(
     "chaser_auth_tokens_total",
-    "Link tokens by purpose (reset, verify) and event (issued, consumed, expired, invalid, "
-    "code_redeemed, code_refused).",
+    "Link tokens by purpose (reset, verify, email-change, email-undo) and event (issued, "
+    "consumed, expired, invalid, code_redeemed, code_refused).",
     ["purpose", "event"],
 )
 

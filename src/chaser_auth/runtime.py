@@ -8,6 +8,7 @@ from datetime import timedelta
 
 from chaser_auth.config import Settings, load_secret_key
 from chaser_auth.domain.accounts import AccountService
+from chaser_auth.domain.addresschange import AddressChangeService
 from chaser_auth.domain.admin import AdminKeys, AdminService
 from chaser_auth.domain.clock import Clock, utcnow
 from chaser_auth.domain.housekeeping import Housekeeping
@@ -46,6 +47,7 @@ class Runtime:
     accounts: AccountService
     recovery: RecoveryService
     registration: RegistrationService
+    address_change: AddressChangeService
     housekeeping: Housekeeping
     admin: AdminService
     admin_keys: AdminKeys
@@ -133,6 +135,15 @@ class Runtime:
                 sessions=sessions,
                 code_tries=settings.code_tries,
             ),
+            address_change=AddressChangeService(
+                store=store,
+                clock=clock,
+                secret=secret,
+                ttl=settings.email_change_ttl,
+                public_url=settings.public_url,
+                hasher=hasher,
+                sessions=sessions,
+            ),
             housekeeping=housekeeping,
             admin=AdminService(
                 store=store,
@@ -164,6 +175,7 @@ class Runtime:
             clock=self.clock,
             recovery=self.recovery,
             registration=self.registration,
+            address_change=self.address_change,
             renderer=Renderer(s.mail_from, s.templates_dir),
             transport=transport or self.transport,
             address_limit=self._address_limit(),

@@ -21,7 +21,13 @@ from chaser_auth.web.pages import CONTENT_SECURITY_POLICY
 from tests.conftest import NEW_PASSWORD, FakeClock, Served, make_settings, serve
 from tests.web.conftest import APP_URL
 
-PAGE_PATHS = ("/forgot-password", "/reset-password", "/verify-email")
+PAGE_PATHS = (
+    "/forgot-password",
+    "/reset-password",
+    "/verify-email",
+    "/change-email",
+    "/undo-email-change",
+)
 ASSETS = {"/static/chaser-auth.js": "javascript", "/static/chaser-auth.css": "text/css"}
 EXPECTED_HEADERS = {
     "content-type": "text/html; charset=utf-8",
@@ -128,7 +134,7 @@ async def test_page_markup_needs_no_inline_script_style_or_foreign_origin(
     assert set(ABSOLUTE_URL.findall(html)) <= {APP_URL}
 
 
-@pytest.mark.parametrize("path", ["/reset-password", "/verify-email"])
+@pytest.mark.parametrize("path", ["/reset-password", "/verify-email", "/change-email"])
 async def test_success_section_links_to_the_configured_app_url(site: Served, path: str) -> None:
     page = Page((await site.client.get(path)).text)
 

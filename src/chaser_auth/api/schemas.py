@@ -115,6 +115,19 @@ class PasswordChangeRequest(Schema):
     password: str
 
 
+class EmailChangeRequest(Schema):
+    """The current password and the address to move the account to."""
+
+    current_password: str
+    email: str
+
+
+class EmailChangeTokenRequest(Schema):
+    """The token of an address-change link (confirm or undo)."""
+
+    token: str
+
+
 class SessionInfo(Schema):
     """One signed-in session of the account (never its token)."""
 

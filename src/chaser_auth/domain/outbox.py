@@ -26,6 +26,8 @@ REGISTER = "register"
 INVITATION = "invitation"
 VERIFY_RESEND = "verify_resend"
 NEW_SIGN_IN = "new_sign_in"
+EMAIL_CHANGE = "email_change"  # a confirmation link to the new address
+EMAIL_CHANGED = "email_changed"  # the notice, with an undo link, to the old one
 
 
 def device_payload(device: Device | None) -> dict[str, Any] | None:

@@ -34,9 +34,12 @@ from limits import RateLimitItem
 from sqlalchemy.exc import DBAPIError
 
 from chaser_auth import metrics
+from chaser_auth.domain.addresschange import AddressChangeService
 from chaser_auth.domain.clock import Clock
 from chaser_auth.domain.outbox import (
     INVITATION,
+    EMAIL_CHANGE,
+    EMAIL_CHANGED,
     NEW_SIGN_IN,
     PASSWORD_CHANGED,
     REGISTER,
@@ -91,6 +94,7 @@ class Worker:
         recovery: RecoveryService,
         registration: RegistrationService,
         renderer: Renderer,
+        address_change: AddressChangeService | None = None,
         transport: MailTransport,
         address_limit: AddressLimit,
         limiter: Limiter,
@@ -141,6 +145,11 @@ class Worker:
                 lambda job: registration.prepare_resend(job, self.address_limit)
             ),
         }
+        if address_change is not None:
+            self._handlers[EMAIL_CHANGE] = one_by_one(
+                lambda job: address_change.prepare_request(job, self.address_limit)
+            )
+            self._handlers[EMAIL_CHANGED] = one_by_one(address_change.prepare_changed_notice)
 
     async def run(self, stop: asyncio.Event) -> None:
         log.info("delivery worker started")

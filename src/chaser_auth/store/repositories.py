@@ -158,6 +158,13 @@ class Users:
         version: int | None = result.scalar_one_or_none()
         return version
 
+    async def change_email(self, user_id: uuid.UUID, email: str, email_key: str) -> None:
+        """Move the account to another address, verified (its mailbox confirmed the move); the
+        credential version moves on, so a login in flight on the old address opens nothing."""
+        await self._bump(
+            [User.id == user_id], email=email, email_key=email_key, email_verified=True
+        )
+
     async def mark_verified(self, user_id: uuid.UUID) -> None:
         await self.db.execute(update(User).where(User.id == user_id).values(email_verified=True))
 
@@ -344,6 +351,11 @@ class LinkTokens(Generic[T]):
             .values(revoked_at=now)
         )
         return _rowcount(result)
+
+    async def annotate(self, outbox_id: uuid.UUID, **values: Any) -> None:
+        """Set further columns (an email-change link's address) of the link of a mailed row."""
+        model = self.model
+        await self.db.execute(update(model).where(model.outbox_id == outbox_id).values(**values))
 
     async def add_many(self, rows: Sequence[dict[str, Any]]) -> None:
         """Insert tokens given as column values, in one statement."""

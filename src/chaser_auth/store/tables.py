@@ -103,6 +103,20 @@ class VerifyToken(LinkToken, Base):
     __tablename__ = "verify_tokens"
 
 
+class EmailChangeToken(LinkToken, Base):
+    """The link mailed to a new address to confirm moving the account there."""
+
+    __tablename__ = "email_change_tokens"
+    new_email: Mapped[str | None] = mapped_column(String(320))
+
+
+class EmailUndoToken(LinkToken, Base):
+    """The link mailed to the old address after a change, to move the account back."""
+
+    __tablename__ = "email_undo_tokens"
+    old_email: Mapped[str | None] = mapped_column(String(320))
+
+
 class OutboxMessage(Base):
     """The durable queue between the API and the delivery worker.
 

@@ -28,7 +28,7 @@ from chaser_auth.store.repositories import (
     Sessions,
     Users,
 )
-from chaser_auth.store.tables import ResetToken, VerifyToken
+from chaser_auth.store.tables import EmailChangeToken, EmailUndoToken, ResetToken, VerifyToken
 
 R = TypeVar("R")
 
@@ -72,6 +72,8 @@ class Tx:
         self.sessions = Sessions(db)
         self.reset_tokens = LinkTokens(db, ResetToken)
         self.verify_tokens = LinkTokens(db, VerifyToken)
+        self.email_change_tokens = LinkTokens(db, EmailChangeToken)
+        self.email_undo_tokens = LinkTokens(db, EmailUndoToken)
         self.outbox = Outbox(db)
         self.audit = Audit(db)
         self.limit_hits = LimitHits(db)

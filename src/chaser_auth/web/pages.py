@@ -30,6 +30,8 @@ PAGES = {
     "/forgot-password": "forgot_password.html",
     "/reset-password": "reset_password.html",
     "/verify-email": "verify_email.html",
+    "/change-email": "change_email.html",
+    "/undo-email-change": "undo_email_change.html",
 }
 
 # No inline script or style, nothing from another origin, no framing, no form posting elsewhere.

@@ -1,4 +1,5 @@
-/* chaser-auth pages: forgot-password, reset-password, verify-email.
+/* chaser-auth pages: forgot-password, reset-password, verify-email, change-email,
+   undo-email-change.
  *
  * Tokens arrive in the URL fragment (#token=…), which browsers never send to a server. This script
  * takes the token, removes it from the address bar at once, and keeps it only in this tab's
@@ -328,7 +329,10 @@
 
   /* -- verify-email --------------------------------------------------------------------------- */
 
-  function verifyPage() {
+  /* verify-email, change-email and undo-email-change: one press posts the link's token. */
+  function verifyPage() { onePressPage("auth/verify-email"); }
+
+  function onePressPage(endpoint) {
     restartOnNewLink();
     var taken = takeToken();
     var token = taken.token;
@@ -352,7 +356,7 @@
       if (form.getAttribute("aria-busy") === "true") { return; }
       errors.clear();
       busy(form, true);
-      var result = await post("auth/verify-email", { token: token });
+      var result = await post(endpoint, { token: token });
       busy(form, false);
       if (result.status === 200) {
         token = null;
@@ -371,7 +375,9 @@
   var pages = {
     forgot_password: forgotPage,
     reset_password: resetPage,
-    verify_email: verifyPage
+    verify_email: verifyPage,
+    change_email: function () { onePressPage("auth/email/change/confirm"); },
+    undo_email_change: function () { onePressPage("auth/email/change/undo"); }
   };
   var start = pages[document.body.getAttribute("data-page")];
   if (start) { start(); }
