@@ -4,7 +4,7 @@ the links of an address change: `email_change_tokens` (mailed to the new address
 `email_undo_tokens` (mailed to the old one after the change, with it).
 
 Revision ID: 0006
-Revises: 0004
+Revises: 0005
 Create Date: 2026-12-07
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0006"
-down_revision = "0004"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
