@@ -37,9 +37,9 @@ from chaser_auth import metrics
 from chaser_auth.domain.addresschange import AddressChangeService
 from chaser_auth.domain.clock import Clock
 from chaser_auth.domain.outbox import (
-    INVITATION,
     EMAIL_CHANGE,
     EMAIL_CHANGED,
+    INVITATION,
     NEW_SIGN_IN,
     PASSWORD_CHANGED,
     REGISTER,
