@@ -123,7 +123,7 @@ class RegistrationService:
                 return Skip("stale")
             await tx.audit.record("verification_resent", now, user_id=user.id, client=client)
             [token] = await self.links.issue(tx, [(user.id, job.id)], now)
-        return self._verify_letter(locked, token)
+        return self._verify_letter(locked, token, job.id)
 
     async def prepare(self, job: Job, limit: AddressLimit) -> Letter | Skip:
         now = self.clock()
