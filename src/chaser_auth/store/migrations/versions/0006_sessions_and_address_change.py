@@ -42,6 +42,8 @@ def upgrade() -> None:
             sa.Column("expires_at", TS, nullable=False),
             sa.Column("used_at", TS, nullable=True),
             sa.Column("revoked_at", TS, nullable=True),
+            # every link table has it (0005); an address change's link shows no code
+            sa.Column("code_digest", sa.String(64), nullable=True),
             sa.Column(address, sa.String(320), nullable=True),
         )
         op.create_index(f"ix_{table}_user_id", table, ["user_id"])
