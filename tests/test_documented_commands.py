@@ -10,8 +10,9 @@ must match it: the same keys, and the same values except where the document writ
 example time. Server and commands run in a private network namespace where one can be made
 (tests/documented.py), so a `scripts/serve` left running on port 8000 is never reached.
 
-The Quick start's and the Development section's own commands are CI's: `.ci/run` starts
-`scripts/serve`, then runs `scripts/docs`, `scripts/lint` and `scripts/test` with coverage.
+The Quick start's and the Development section's own commands are CI's: `.ci/run` builds the
+image with `scripts/image`, starts `scripts/serve`, and runs `scripts/docs`, `scripts/lint` and
+`scripts/test` with coverage.
 """
 
 from __future__ import annotations
@@ -179,4 +180,5 @@ def test_the_quick_start_and_development_commands_are_ci_s() -> None:
     ci = CI.read_text(encoding="utf-8")
     ci_runs = set(re.findall(r"^\s*(scripts/\w+)", ci, flags=re.MULTILINE))
     assert {"scripts/serve", "scripts/test", "scripts/lint", "scripts/docs"} <= ci_runs
+    assert "scripts/image" in ci_runs  # named in the Quick start; tests/test_image.py runs it
     assert "export CHASER_AUTH_COVERAGE=1" in ci
