@@ -38,6 +38,9 @@ from chaser_auth.store.tables import (
 )
 
 QUEUED, DONE, DEAD = "queued", "done", "dead"
+# The kind of a webhook row is this and the endpoint's name: one account's rows of one kind are
+# handed out oldest first, one at a time (`Outbox.claim`).
+WEBHOOK_PREFIX = "webhook:"
 # Audit events of operators that may name no account (the admin API's calls and refusals, a
 # dead letter retried): kept for the audit retention, not the shorter unmatched one.
 OPERATOR_EVENTS = ("admin_call", "admin_refused", "dead_letter_retried")
@@ -248,6 +251,20 @@ class Sessions:
         )
         return _rowcount(result)
 
+    async def revoke_each(self, user_id: uuid.UUID, now: datetime) -> list[uuid.UUID]:
+        """`revoke_all`, naming the sessions it revoked (oldest first). Run it where the
+        account's row is locked, or no new session can start meanwhile."""
+        ids = list(
+            await self.db.scalars(
+                select(Session.id)
+                .where(Session.user_id == user_id, Session.revoked_at.is_(None))
+                .order_by(Session.created_at, Session.id)
+            )
+        )
+        if ids:
+            await self.db.execute(update(Session).where(Session.id.in_(ids)).values(revoked_at=now))
+        return ids
+
 
 @dataclass
 class LinkTokens(Generic[T]):
@@ -431,12 +448,30 @@ class Outbox:
         where the database has it (PostgreSQL, SQLite 3.35+), and plain rows, not ORM objects.
         """
         table = _table(OutboxMessage)
+        older = table.alias("older")
+        # A webhook row waits while an older row of its kind (its endpoint) and account is still
+        # queued — due, backing off or in flight — so each endpoint gets an account's events in
+        # order. A dead letter does not hold the rows behind it.
+        waits = (
+            select(older.c.id)
+            .where(
+                older.c.kind == table.c.kind,
+                older.c.user_id == table.c.user_id,
+                older.c.status == QUEUED,
+                or_(
+                    older.c.created_at < table.c.created_at,
+                    and_(older.c.created_at == table.c.created_at, older.c.id < table.c.id),
+                ),
+            )
+            .exists()
+        )
         due = (
             select(table.c.id)
             .where(
                 table.c.status == QUEUED,
                 table.c.available_at <= now,
                 or_(table.c.locked_until.is_(None), table.c.locked_until < now),
+                or_(table.c.kind.not_like(WEBHOOK_PREFIX + "%"), ~waits),
             )
             .order_by(table.c.available_at)
             .limit(limit)
@@ -470,6 +505,17 @@ class Outbox:
             .values(user_id=bindparam("account_id"), payload=None),
             [{"message_id": message, "account_id": account} for message, account in matched],
         )
+
+    async def latest_webhooks(self, user_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, datetime]:
+        """When the newest webhook row of each of these accounts was queued (for those that
+        have one still kept); one query."""
+        table = _table(OutboxMessage)
+        rows = await self.db.execute(
+            select(table.c.user_id, func.max(table.c.created_at))
+            .where(table.c.user_id.in_(user_ids), table.c.kind.like(WEBHOOK_PREFIX + "%"))
+            .group_by(table.c.user_id)
+        )
+        return {user_id: at for user_id, at in rows if at is not None}
 
     async def accounts_of(self, message_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, uuid.UUID]:
         """The account each of these rows was matched to, for those that were; one query."""

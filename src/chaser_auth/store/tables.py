@@ -121,12 +121,17 @@ class OutboxMessage(Base):
     """The durable queue between the API and the delivery worker.
 
     A row is a piece of mail work: a reset request still to be resolved (payload holds the
-    string the client sent, cleared once handled), or a notice to an account. It never holds
-    a token or a rendered message.
+    string the client sent, cleared once handled), or a notice to an account; or a webhook
+    event for one endpoint (kind `webhook:<name>`, payload the event, cleared once delivered).
+    It never holds a token or a rendered message.
     """
 
     __tablename__ = "outbox"
-    __table_args__ = (Index("ix_outbox_due", "status", "available_at"),)
+    __table_args__ = (
+        Index("ix_outbox_due", "status", "available_at"),
+        # a webhook row's older siblings (same endpoint and account), see `Outbox.claim`
+        Index("ix_outbox_account_kind", "user_id", "kind", "status"),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     kind: Mapped[str] = mapped_column(String(40))
