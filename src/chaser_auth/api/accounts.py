@@ -132,7 +132,7 @@ async def me(auth: SessionDep) -> MeResponse:
     responses=UNAUTHORIZED,
 )
 async def logout(auth: SessionDep, request: Request, runtime: RuntimeDep) -> Response:
-    await runtime.sessions.revoke(auth.session.id)
+    await runtime.sessions.revoke(auth.session)
     response = Response(status_code=204)
     if getattr(request.state, "session_cookie", False):
         browser.clear_session(response, runtime.settings)

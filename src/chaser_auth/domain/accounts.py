@@ -15,6 +15,16 @@ from chaser_auth.domain.devices import Device
 from chaser_auth.domain.outbox import INVITATION, NEW_SIGN_IN, PASSWORD_CHANGED, device_payload
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.sessions import AuthResult, SessionService
+from chaser_auth.domain.webhooks import (
+    ACCOUNT_CREATED,
+    ACCOUNT_DELETED,
+    ACCOUNT_DISABLED,
+    ACCOUNT_ENABLED,
+    NO_WEBHOOKS,
+    Event,
+    Webhooks,
+)
+from chaser_auth.domain.webhooks import PASSWORD_CHANGED as PASSWORD_CHANGED_EVENT
 from chaser_auth.errors import (
     AccountExists,
     IncorrectPassword,
@@ -44,6 +54,16 @@ def new_user(
     )
 
 
+def created(user: User, via: str) -> Event:
+    """The `account.created` event: `via` is "sign_up", "operator" (with a password) or
+    "invitation"."""
+    return Event(
+        ACCOUNT_CREATED,
+        user.id,
+        {"email": user.email, "email_verified": user.email_verified, "via": via},
+    )
+
+
 def by_key(key: str | None) -> dict[str, str] | None:
     """The audit detail naming the admin key an operator action came with (None: the CLI)."""
     return {"admin_key": key} if key is not None else None
@@ -63,8 +83,10 @@ class AccountService:
         hasher: PasswordHasher,
         sessions: SessionService,
         notify_new_sign_in: bool = False,
+        webhooks: Webhooks = NO_WEBHOOKS,
     ) -> None:
         self.notify_new_sign_in = notify_new_sign_in
+        self.webhooks = webhooks
         self.store = store
         self.clock = clock
         self.policy = policy
@@ -85,6 +107,7 @@ class AccountService:
                 raise AccountExists()
             user = new_user(email, key, password_hash, now, verified=verified)
             await tx.users.add(user)
+            await self.webhooks.emit(tx, now, [created(user, "operator")])
             await tx.audit.record("account_created", now, user_id=user.id, detail=by_key(by))
         return user
 
@@ -103,6 +126,7 @@ class AccountService:
                 raise AccountExists()
             user = new_user(email, key, None, now, verified=True)
             await tx.users.add(user)
+            await self.webhooks.emit(tx, now, [created(user, "invitation")])
             await tx.outbox.enqueue(INVITATION, now, user_id=user.id)
             await tx.audit.record("account_invited", now, user_id=user.id, detail=by_key(by))
         return user
@@ -192,6 +216,11 @@ class AccountService:
             await tx.outbox.enqueue(
                 PASSWORD_CHANGED, now, user_id=user.id, payload=device_payload(device)
             )
+            await self.webhooks.emit(
+                tx,
+                now,
+                [Event(PASSWORD_CHANGED_EVENT, user.id, {"other_sessions_ended": revoked})],
+            )
             await tx.audit.record(
                 "password_changed",
                 now,
@@ -244,6 +273,10 @@ class AccountService:
                     + await tx.verify_tokens.revoke_all(user.id, now),
                 }
             event = "account_enabled" if active else "account_disabled"
+            facts = {"sessions_ended": detail["sessions_revoked"]} if not active else {}
+            await self.webhooks.emit(
+                tx, now, [Event(ACCOUNT_ENABLED if active else ACCOUNT_DISABLED, user.id, facts)]
+            )
             await tx.audit.record(event, now, user_id=user.id, detail=with_key(detail, by) or None)
             changed = await tx.users.get(user.id)
         return changed or user
@@ -255,5 +288,6 @@ class AccountService:
         now = self.clock()
         async with self.store.tx() as tx:
             await tx.users.delete(user.id)
+            await self.webhooks.emit(tx, now, [Event(ACCOUNT_DELETED, user.id)])
             await tx.audit.record("account_deleted", now, user_id=user.id, detail=by_key(by))
         return user

@@ -1,11 +1,12 @@
 """What the outbox means to the services that fill it and to the worker that empties it.
 
-A row is queued under one of the kinds below — by the request path (`RESET_REQUEST`,
-`REGISTER`, `VERIFY_RESEND`), by a credential change (`PASSWORD_CHANGED`) or by an operator's
-invitation (`INVITATION`). The delivery worker asks the service that owns the kind what the
-row becomes: a `Letter` to send, or a `Skip` with its outcome; either carries the audit `Note`s
-to record with it, in the transaction that finishes the row. Mail to one address is budgeted
-(`AddressLimit`), whichever kind it is.
+A row is queued under one of the kinds below (or `webhook:<endpoint>`, an account event for
+one endpoint: `webhooks`) — by the request path (`RESET_REQUEST`, `REGISTER`, `VERIFY_RESEND`),
+by a credential change (`PASSWORD_CHANGED`) or by an operator's invitation (`INVITATION`). The
+delivery worker asks the service that owns the kind what the row becomes: a `Letter` to send,
+or a `Skip` with its outcome; either carries the audit `Note`s to record with it, in the
+transaction that finishes the row. Mail to one address is budgeted (`AddressLimit`),
+whichever kind it is.
 
 Recovery, registration and accounts speak this vocabulary without importing one another.
 """
@@ -19,6 +20,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from chaser_auth.domain.devices import Device
+from chaser_auth.domain.webhooks import Event
 
 RESET_REQUEST = "password_reset_request"
 PASSWORD_CHANGED = "password_changed"  # noqa: S105 - an outbox kind, not a secret
@@ -71,10 +73,12 @@ class Letter:
 
 @dataclass(frozen=True)
 class Skip:
-    """Nothing to send; `outcome` is recorded on the outbox row."""
+    """Nothing to send; `outcome` is recorded on the outbox row, and `events` (account events,
+    `webhooks`) are emitted in the same transaction."""
 
     outcome: str
     notes: tuple[Note, ...] = ()
+    events: tuple[Event, ...] = ()
 
 
 def device_context(job: Any) -> dict[str, str]:

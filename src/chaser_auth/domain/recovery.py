@@ -37,6 +37,14 @@ from chaser_auth.domain.outbox import (
 )
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.sessions import AuthResult, SessionService
+from chaser_auth.domain.webhooks import (
+    NO_WEBHOOKS,
+    PASSWORD_RESET,
+    RESET_REQUESTED,
+    Event,
+    Webhooks,
+    stamp,
+)
 from chaser_auth.errors import AccountDisabled, InvalidCode, InvalidToken
 from chaser_auth.store.intake import Intake
 from chaser_auth.store.repositories import Job
@@ -52,6 +60,17 @@ def may_receive_reset(user: User | None) -> bool:
     """Who may get a reset link — the one place this is decided (cf. Django's
     `PasswordResetForm.get_users`): an account that exists and is active."""
     return user is not None and user.is_active
+
+
+def requested_event(user: User, job: Job, *, issued: bool) -> Event:
+    """The `account.password_reset_requested` event of a request matched to `user` (never of
+    one that matched no account): when it was asked, and whether a link was issued for it (not
+    for a disabled account, nor beyond the per-address mail limit while a link still works)."""
+    return Event(
+        RESET_REQUESTED,
+        user.id,
+        {"email": user.email, "requested_at": stamp(job.created_at), "link_issued": issued},
+    )
 
 
 class RecoveryService:
@@ -70,7 +89,9 @@ class RecoveryService:
         notify_unknown: bool,
         code_tries: int = 5,
         invitation_ttl: int = 7 * 86400,
+        webhooks: Webhooks = NO_WEBHOOKS,
     ) -> None:
+        self.webhooks = webhooks
         self.store = store
         self.intake = intake
         self.clock = clock
@@ -137,7 +158,9 @@ class RecoveryService:
             subject = tokens.keyed_hash(self.secret, key or raw)
             requested = Note("reset_requested", user.id if user else None, subject, client)
             if not may_receive_reset(user) and not (self.notify_unknown and key and user is None):
-                plans[job.id] = Skip("no_account", (requested,))
+                # A disabled account was asked for all the same: its application hears of it.
+                events = (requested_event(user, job, issued=False),) if user else ()
+                plans[job.id] = Skip("no_account", (requested,), events)
             else:
                 asking.append((job, raw, user, requested))
         allowed = await limit.allow_many([note.subject or "" for *_, note in asking])
@@ -173,7 +196,11 @@ class RecoveryService:
                     suppressed = Note(
                         "reset_suppressed", user.id, requested.subject, requested.client
                     )
-                    plans[job.id] = Skip("suppressed", (requested, suppressed))
+                    plans[job.id] = Skip(
+                        "suppressed",
+                        (requested, suppressed),
+                        (requested_event(user, job, issued=False),),
+                    )
                 else:
                     live.add(user.id)
                     beyond = Note(
@@ -190,6 +217,10 @@ class RecoveryService:
             for start in range(0, len(minting), MINT_CHUNK):
                 chunk = minting[start : start + MINT_CHUNK]
                 async with self.store.tx() as tx:
+                    # first: it locks the accounts, which come before their links
+                    await self.webhooks.emit(
+                        tx, now, [requested_event(user, job, issued=True) for job, user, _ in chunk]
+                    )
                     links = await self._mint_many(
                         tx,
                         [Grant(user, job.id, notes) for job, user, notes in chunk],
@@ -410,6 +441,9 @@ class RecoveryService:
                 result = await self.sessions.open(tx, user, now, version=version, device=device)
                 await tx.outbox.enqueue(
                     PASSWORD_CHANGED, now, user_id=user.id, payload=device_payload(device)
+                )
+                await self.webhooks.emit(
+                    tx, now, [Event(PASSWORD_RESET, user.id, {"other_sessions_ended": revoked})]
                 )
                 await tx.audit.record(
                     "password_reset_completed",

@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 
 from chaser_auth import metrics
 from chaser_auth.domain import tokens
-from chaser_auth.domain.accounts import new_user
+from chaser_auth.domain.accounts import created, new_user
 from chaser_auth.domain.addresses import address_key, stored_form
 from chaser_auth.domain.clock import Clock
 from chaser_auth.domain.devices import Device
@@ -30,6 +30,7 @@ from chaser_auth.domain.links import Links
 from chaser_auth.domain.outbox import REGISTER, VERIFY_RESEND, AddressLimit, Letter, Skip
 from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.sessions import AuthResult, SessionService
+from chaser_auth.domain.webhooks import EMAIL_VERIFIED, NO_WEBHOOKS, Event, Webhooks
 from chaser_auth.errors import InvalidAddress, InvalidCode, InvalidToken
 from chaser_auth.store.intake import Intake
 from chaser_auth.store.repositories import Job
@@ -53,7 +54,9 @@ class RegistrationService:
         hasher: PasswordHasher,
         sessions: SessionService,
         code_tries: int = 5,
+        webhooks: Webhooks = NO_WEBHOOKS,
     ) -> None:
+        self.webhooks = webhooks
         self.store = store
         self.intake = intake
         self.clock = clock
@@ -144,6 +147,7 @@ class RegistrationService:
             if user is None:
                 user = new_user(raw, key, password_hash, now, verified=False)
                 await tx.users.add(user)
+                await self.webhooks.emit(tx, now, [created(user, "sign_up")])
                 event = "account_registered"
             elif user.is_active and not user.email_verified:
                 # Signed up again before anyone verified: the newest sign-up's password
@@ -223,6 +227,7 @@ class RegistrationService:
             result = await self.sessions.open(
                 tx, user, now, version=user.credential_version, device=device
             )
+            await self.webhooks.emit(tx, now, [verified(user)])
             await tx.audit.record("email_verified", now, user_id=user.id, client=client)
         return result
 
@@ -258,6 +263,7 @@ class RegistrationService:
                 await tx.users.mark_verified(user.id)
                 await tx.verify_tokens.revoke_all(user.id, now)
                 result = await self.sessions.open(tx, user, now, version=user.credential_version)
+                await self.webhooks.emit(tx, now, [verified(user)])
                 await tx.audit.record(
                     "email_verified",
                     now,
@@ -273,3 +279,8 @@ class RegistrationService:
             raise InvalidCode()
         metrics.TOKENS.labels(VERIFY_PURPOSE, "code_redeemed").inc()
         return result
+
+
+def verified(user: User) -> Event:
+    """The `account.email_verified` event."""
+    return Event(EMAIL_VERIFIED, user.id, {"email": user.email})

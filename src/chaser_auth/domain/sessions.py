@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 from chaser_auth.domain import tokens
 from chaser_auth.domain.clock import Clock
 from chaser_auth.domain.devices import Device
+from chaser_auth.domain.webhooks import NO_WEBHOOKS, SESSION_ENDED, Event, Webhooks
 from chaser_auth.errors import NotAuthenticated, NotFound
 from chaser_auth.store.tables import Session, User
 from chaser_auth.store.transactions import Store, Tx
@@ -45,8 +46,15 @@ class Authenticated:
 
 class SessionService:
     def __init__(
-        self, store: Store, clock: Clock, secret: bytes, idle_ttl: int, max_ttl: int
+        self,
+        store: Store,
+        clock: Clock,
+        secret: bytes,
+        idle_ttl: int,
+        max_ttl: int,
+        webhooks: Webhooks = NO_WEBHOOKS,
     ) -> None:
+        self.webhooks = webhooks
         self.store = store
         self.clock = clock
         self.secret = secret
@@ -108,9 +116,14 @@ class SessionService:
             and now <= session.last_seen_at + self.idle
         )
 
-    async def revoke(self, session_id: uuid.UUID) -> None:
+    async def revoke(self, session: Session) -> None:
+        """Logout: end this session (a `session.ended` event if this call ended it)."""
+        now = self.clock()
         async with self.store.tx() as tx:
-            await tx.sessions.revoke(session_id, self.clock())
+            if self.webhooks:  # the account first, as every change takes it (`emit`)
+                await tx.users.lock(session.user_id)
+            if await tx.sessions.revoke(session.id, now):
+                await self.webhooks.emit(tx, now, [ended(session.user_id, session.id, "user")])
 
     async def live(self, user: User) -> list[Session]:
         """The account's sessions that would still be accepted, most recently used first."""
@@ -124,7 +137,12 @@ class SessionService:
         that asked, None for the command line); how many were live."""
         now = self.clock()
         async with self.store.tx() as tx:
-            revoked = await tx.sessions.revoke_all(user.id, now)
+            await tx.users.lock(user.id)  # no login opens a session meanwhile
+            ids = await tx.sessions.revoke_each(user.id, now)
+            revoked = len(ids)
+            await self.webhooks.emit(
+                tx, now, [ended(user.id, session_id, "operator") for session_id in ids]
+            )
             detail: dict[str, object] = {"sessions_revoked": revoked}
             if by is not None:
                 detail["admin_key"] = by
@@ -144,6 +162,8 @@ class SessionService:
         operator who ended it for the account."""
         now = self.clock()
         async with self.store.tx() as tx:
+            if self.webhooks:  # the account first, as every change takes it (`emit`)
+                await tx.users.lock(user.id)
             row = await tx.sessions.get(session_id)
             live = (
                 row is not None
@@ -153,6 +173,8 @@ class SessionService:
             )
             if live and await tx.sessions.revoke(session_id, now):
                 detail = {"admin_key": by} if by is not None else None
+                who = "operator" if by is not None else "user"
+                await self.webhooks.emit(tx, now, [ended(user.id, session_id, who)])
                 await tx.audit.record(
                     "session_ended", now, user_id=user.id, client=client, detail=detail
                 )
@@ -160,3 +182,9 @@ class SessionService:
                 live = False
         if not live:
             raise NotFound("No such session.")
+
+
+def ended(user_id: uuid.UUID, session_id: uuid.UUID, by: str) -> Event:
+    """The `session.ended` event: `by` is "user" (logout, or the account ending one of its
+    sessions) or "operator" (the CLI or the admin API)."""
+    return Event(SESSION_ENDED, user_id, {"session_id": str(session_id), "by": by})
