@@ -178,7 +178,8 @@ def _parser() -> argparse.ArgumentParser:
         "doctor",
         help="check the configuration and the services it names",
         description="Check the configuration (PUBLIC_URL on https, the secret key, files "
-        "private to their owner, MAIL_FROM, the admin keys by name), "
+        "private to their owner, MAIL_FROM, the admin keys by name, the webhook "
+        "endpoints by name and host), "
         "the database (reachable, migrated), SMTP (a NOOP) and Redis (a PING), and say what to "
         "fix. Changes nothing. Exit 1 if anything fails.",
     )

@@ -6,15 +6,20 @@ says about it: `python -m chaser_auth.config_reference` writes that page from th
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import functools
+import hashlib
 import ipaddress
+import json
 import math
 import os
 import re
 import secrets
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Annotated, Literal
@@ -23,6 +28,8 @@ from urllib.parse import urlsplit
 from limits import RateLimitItem, parse
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from chaser_auth.domain.webhooks import EVENT_TYPES
 
 SECRET_KEY_BYTES = 32
 MIN_SECRET_LENGTH = 32
@@ -134,6 +141,32 @@ class Settings(BaseSettings):
         "keys may be live at once, so one can be replaced without a gap; empty = every admin "
         "call is refused (see [Admin API](operations.md#the-admin-api))",
     )
+    webhooks: SecretStr | None = Field(
+        default=None,
+        description="the webhook endpoints, as a JSON list of objects: `url` (http or https), "
+        "`secret` (a Standard Webhooks secret, `whsec_` and 24 to 64 random bytes in base64), "
+        '`events` (the event types it wants; absent or `["*"]` = all) and `name` (1-32 '
+        "letters, digits or `_.-`; absent = derived from the URL — name it to keep its queued "
+        "events when its URL changes). Every process must have the same list. Held as a secret: "
+        "never logged or shown; unset = no webhooks (see [Webhooks](integration.md#webhooks))",
+    )
+    webhook_timeout: Annotated[
+        float,
+        Field(
+            gt=0,
+            description="seconds an endpoint has to answer a webhook; no answer in time is a "
+            "failed attempt, retried",
+        ),
+    ] = 10.0
+    webhook_max_attempts: Annotated[
+        int,
+        Field(
+            ge=1,
+            description="delivery attempts of a webhook before it becomes a dead letter (the "
+            "backoff is the mail's: `CHASER_AUTH_MAIL_RETRY_BASE`, `CHASER_AUTH_MAIL_RETRY_MAX`; "
+            "the default gives up after 3 to 6 hours)",
+        ),
+    ] = 16
     app_url: str | None = Field(
         default=None,
         description='where the pages send a person after success (a "Continue" link); '
@@ -462,6 +495,19 @@ class Settings(BaseSettings):
             split_address(value)  # raises ValueError with the reason
         return value
 
+    @field_validator("webhooks")
+    @classmethod
+    def _webhook_list(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        webhook_endpoints(value.get_secret_value())  # raises ValueError with the reason
+        return value
+
+    @property
+    def webhook_endpoints(self) -> list[WebhookEndpoint]:
+        """The webhook endpoints configured, in order."""
+        return webhook_endpoints(self.webhooks.get_secret_value()) if self.webhooks else []
+
     @field_validator("admin_keys")
     @classmethod
     def _admin_key_pairs(cls, value: str) -> str:
@@ -480,6 +526,91 @@ class Settings(BaseSettings):
 
     def limit(self, name: str) -> RateLimitItem:
         return _parse_limit(str(getattr(self, name)))
+
+
+@dataclass(frozen=True)
+class WebhookEndpoint:
+    name: str
+    url: str
+    secret: str
+    events: frozenset[str]
+
+    def __repr__(self) -> str:  # never the secret
+        return f"WebhookEndpoint(name={self.name!r}, events={sorted(self.events)!r})"
+
+
+_ENDPOINT_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix, not a secret
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks secret: `whsec_` and 32 random bytes in base64."""
+    return WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def webhook_endpoints(value: str) -> list[WebhookEndpoint]:
+    """CHASER_AUTH_WEBHOOKS as endpoints; ValueError naming what is wrong — by the entry's
+    number and name, never echoing a secret."""
+    try:
+        entries = json.loads(value)
+    except json.JSONDecodeError:
+        raise ValueError("must be a JSON list of endpoint objects") from None
+    if not isinstance(entries, list):
+        raise ValueError("must be a JSON list of endpoint objects")
+    found: list[WebhookEndpoint] = []
+    for number, entry in enumerate(entries, 1):
+        if not isinstance(entry, dict):
+            raise ValueError(f"entry {number}: must be an object with url and secret")
+        unknown = sorted(set(entry) - {"url", "secret", "events", "name"})
+        if unknown:
+            raise ValueError(f"entry {number}: unknown field(s) {', '.join(unknown)}")
+        url = entry.get("url")
+        if not isinstance(url, str) or not _http_url(url):
+            raise ValueError(f"entry {number}: url must be an absolute http(s) URL")
+        name = entry.get("name")
+        if name is None:
+            name = "ep-" + hashlib.sha256(url.encode()).hexdigest()[:12]
+        if not isinstance(name, str) or not _ENDPOINT_NAME.fullmatch(name):
+            raise ValueError(f"entry {number}: name must be 1-32 letters, digits or _.-")
+        secret = entry.get("secret")
+        if not isinstance(secret, str) or not _good_secret(secret):
+            raise ValueError(
+                f"entry {number} ({name}): secret must be whsec_ and 24 to 64 bytes in base64 "
+                '(make one with python3 -c "import base64, secrets; '
+                "print('whsec_' + base64.b64encode(secrets.token_bytes(32)).decode())\")"
+            )
+        events = entry.get("events", ["*"])
+        if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
+            raise ValueError(f"entry {number} ({name}): events must be a list of event types")
+        wrong = sorted(set(events) - {*EVENT_TYPES, "*"})
+        if wrong:
+            raise ValueError(
+                f"entry {number} ({name}): unknown event type(s) {', '.join(wrong)}; known: "
+                f"{', '.join(EVENT_TYPES)}"
+            )
+        if any(e.name == name for e in found):
+            raise ValueError(f"entry {number}: the name {name} is used twice")
+        wanted = frozenset(EVENT_TYPES) if "*" in events else frozenset(events)
+        found.append(WebhookEndpoint(name, url, secret, wanted))
+    return found
+
+
+def _http_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+        return parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:
+        return False
+
+
+def _good_secret(secret: str) -> bool:
+    if not secret.startswith(WEBHOOK_SECRET_PREFIX):
+        return False
+    try:
+        key = base64.b64decode(secret.removeprefix(WEBHOOK_SECRET_PREFIX), validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return 24 <= len(key) <= 64
 
 
 _KEY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.@-]{0,39}")

@@ -210,6 +210,31 @@ def check_admin_keys(settings: Settings) -> Finding:
     return Finding(OK, "ADMIN_KEYS", f"{listed}; admin API on {settings.operator_address}")
 
 
+def check_webhooks(settings: Settings) -> Finding:
+    """The webhook endpoints, by name, host and event count (never a secret, nor the rest of a
+    URL, which may carry credentials); plain http to another machine is a warning."""
+    endpoints = settings.webhook_endpoints
+    if not endpoints:
+        return Finding(OK, "WEBHOOKS", "none configured")
+    shown = []
+    plain = []
+    for endpoint in endpoints:
+        host = urlsplit(endpoint.url).hostname or "?"
+        count = len(endpoint.events)
+        shown.append(f"{endpoint.name} → {host} ({count} event type{'s' if count != 1 else ''})")
+        if urlsplit(endpoint.url).scheme != "https" and not _is_local(endpoint.url):
+            plain.append(endpoint.name)
+    listed = "; ".join(shown)
+    if plain:
+        return Finding(
+            WARN,
+            "WEBHOOKS",
+            f"{listed} — {', '.join(plain)} on plain http: events (account ids, addresses) "
+            "travel unencrypted; the signature keeps them from being forged, not from being read",
+        )
+    return Finding(OK, "WEBHOOKS", listed)
+
+
 async def examine(settings: Settings) -> list[Finding]:
     return [
         *check_urls(settings),
@@ -217,6 +242,7 @@ async def examine(settings: Settings) -> list[Finding]:
         check_files(settings),
         check_mail_from(settings),
         check_admin_keys(settings),
+        check_webhooks(settings),
         await check_database(settings),
         await check_smtp(settings),
         await check_redis(settings),

@@ -17,8 +17,10 @@ from chaser_auth.domain.passwords import PasswordHasher, PasswordPolicy
 from chaser_auth.domain.recovery import RecoveryService
 from chaser_auth.domain.registration import RegistrationService
 from chaser_auth.domain.sessions import SessionService
+from chaser_auth.domain.webhooks import Subscription, Webhooks
 from chaser_auth.mail.messages import Renderer
 from chaser_auth.mail.transport import FileTransport, MailTransport, SmtpTransport
+from chaser_auth.mail.webhooks import Endpoint, WebhookSender
 from chaser_auth.mail.worker import Worker
 from chaser_auth.ratelimit.address import CodeTries, PerAddressLimit, StoredAddressLimit
 from chaser_auth.ratelimit.limiter import Limiter
@@ -54,10 +56,14 @@ class Runtime:
     code_tries: CodeTries  # the per-address budget of tries at one-time codes
     wake: asyncio.Event
     transport: MailTransport  # the workers' unless one is given; its connections are kept
+    webhooks: Webhooks  # the endpoints' subscriptions: which events become outbox rows
+    sender: WebhookSender  # the workers' webhook client; its connections are kept
 
     @classmethod
     def build(cls, settings: Settings, clock: Clock = utcnow) -> Runtime:
         secret = load_secret_key(settings)
+        endpoints = settings.webhook_endpoints
+        webhooks = Webhooks(Subscription(e.name, e.events) for e in endpoints)
         url = settings.database_url
         store = Store(create_engine(url), create_inline_engine(url))
         policy = PasswordPolicy(settings.password_min_length)
@@ -65,7 +71,7 @@ class Runtime:
             settings.argon2_time_cost, settings.argon2_memory_cost, settings.argon2_parallelism
         )
         sessions = SessionService(
-            store, clock, secret, settings.session_idle_ttl, settings.session_max_ttl
+            store, clock, secret, settings.session_idle_ttl, settings.session_max_ttl, webhooks
         )
         limiter = Limiter(settings.redis_url, settings.redis_key_prefix)
         path = sqlite_path(settings.database_url)
@@ -79,6 +85,7 @@ class Runtime:
             hasher=hasher,
             sessions=sessions,
             notify_new_sign_in=settings.notify_new_sign_in,
+            webhooks=webhooks,
         )
         recovery = RecoveryService(
             store=store,
@@ -93,6 +100,7 @@ class Runtime:
             notify_unknown=settings.notify_unknown,
             code_tries=settings.code_tries,
             invitation_ttl=settings.invitation_ttl,
+            webhooks=webhooks,
         )
         housekeeping = Housekeeping(
             store=store,
@@ -134,6 +142,7 @@ class Runtime:
                 hasher=hasher,
                 sessions=sessions,
                 code_tries=settings.code_tries,
+                webhooks=webhooks,
             ),
             address_change=AddressChangeService(
                 store=store,
@@ -163,6 +172,10 @@ class Runtime:
             ),
             wake=asyncio.Event(),
             transport=make_transport(settings),
+            webhooks=webhooks,
+            sender=WebhookSender(
+                [Endpoint(e.name, e.url, e.secret) for e in endpoints], settings.webhook_timeout
+            ),
         )
 
     def worker(self, transport: MailTransport | None = None) -> Worker:
@@ -189,6 +202,9 @@ class Runtime:
             wake=self.wake,
             listener=listener,
             housekeeping=self.housekeeping.run,
+            webhooks=self.webhooks,
+            sender=self.sender,
+            webhook_max_attempts=s.webhook_max_attempts,
         )
 
     def _address_limit(self) -> AddressLimit:
@@ -199,6 +215,7 @@ class Runtime:
 
     async def close(self) -> None:
         await self.transport.close()
+        await self.sender.close()
         await self.recovery.intake.close()
         await self.limiter.close()
         await self.store.close()

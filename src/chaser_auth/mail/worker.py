@@ -12,6 +12,11 @@ retries after a shared outage spread out (AWS Architecture Blog, "Exponential Ba
 Jitter") — and after `mail_max_attempts`, or at once on a permanent SMTP reply, the row
 becomes a dead letter for `chaser-auth outbox list|retry`.
 
+Webhook rows (kind `webhook:<endpoint>`, `domain.webhooks`) take the same road: claimed with a
+lease, posted by `mail.webhooks` (signed, the row's id as `webhook-id` on every attempt), marked
+done on a 2xx answer, retried with the same backoff, and dead after `webhook_max_attempts`. The
+outbox hands out one account's rows of one endpoint one at a time, oldest first.
+
 Between rounds it sleeps until woken: by a request in its own process, by a PostgreSQL
 notification from any process (`store.notify`), or after `worker_poll_interval` at the latest.
 """
@@ -21,12 +26,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import logging
 import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -52,12 +59,14 @@ from chaser_auth.domain.outbox import (
 )
 from chaser_auth.domain.recovery import RecoveryService
 from chaser_auth.domain.registration import RegistrationService
+from chaser_auth.domain.webhooks import NO_WEBHOOKS, Event, Webhooks
 from chaser_auth.mail.messages import Renderer
 from chaser_auth.mail.transport import DeliveryError, MailTransport
+from chaser_auth.mail.webhooks import WebhookSender
 from chaser_auth.ratelimit.limiter import Limiter
 from chaser_auth.store.intake import GroupCommit
 from chaser_auth.store.notify import OutboxListener
-from chaser_auth.store.repositories import Job
+from chaser_auth.store.repositories import WEBHOOK_PREFIX, Job
 from chaser_auth.store.transactions import Store
 
 log = logging.getLogger("chaser_auth.worker")
@@ -69,7 +78,15 @@ GATHER = 0.025  # seconds to let rows gather before a round (unless the last one
 HOUSEKEEPING_INTERVAL = 3600.0  # seconds between chores (Housekeeping.run)
 
 
-Plan = Letter | Skip | None
+@dataclass(frozen=True)
+class Post:
+    """A webhook row's plan: the event's JSON for the endpoint `endpoint`."""
+
+    endpoint: str
+    body: bytes
+
+
+Plan = Letter | Skip | Post | None
 Handler = Callable[[Sequence[Job]], Awaitable[list[Letter | Skip]]]
 
 
@@ -82,7 +99,7 @@ def one_by_one(prepare: Callable[[Job], Awaitable[Letter | Skip]]) -> Handler:
     return handler
 
 
-Outcome = tuple[Job, str, Sequence[Note]]
+Outcome = tuple[Job, str, Sequence[Note], Sequence[Event]]
 
 
 class Worker:
@@ -107,7 +124,13 @@ class Worker:
         wake: asyncio.Event | None = None,
         listener: OutboxListener | None = None,
         housekeeping: Callable[[], Awaitable[object]] | None = None,
+        webhooks: Webhooks = NO_WEBHOOKS,
+        sender: WebhookSender | None = None,
+        webhook_max_attempts: int | None = None,
     ) -> None:
+        self.webhooks = webhooks
+        self.sender = sender
+        self.webhook_max_attempts = webhook_max_attempts or max_attempts
         self.store = store
         self.clock = clock
         self.recovery = recovery
@@ -233,9 +256,12 @@ class Worker:
         skipped: list[Outcome] = []
         for job, plan in await self._plan(jobs):
             if isinstance(plan, Skip):
-                skipped.append((job, plan.outcome, plan.notes))
+                skipped.append((job, plan.outcome, plan.notes, plan.events))
             elif plan is not None:
-                task = asyncio.create_task(self._deliver(job, plan))
+                sending: Coroutine[Any, Any, None] = (
+                    self._post(job, plan) if isinstance(plan, Post) else self._deliver(job, plan)
+                )
+                task = asyncio.create_task(sending)
                 self._sending[job.id] = task
                 self._held[job.id] = until
                 task.add_done_callback(functools.partial(self._sent, job.id))
@@ -284,9 +310,12 @@ class Worker:
     async def _plan(self, jobs: Sequence[Job]) -> list[tuple[Job, Plan]]:
         """Each job with what it becomes; None where it failed (already recorded)."""
         groups: dict[str, list[Job]] = {}
+        plans: dict[uuid.UUID, Letter | Skip | Post] = {}
         for job in jobs:
-            groups.setdefault(job.kind, []).append(job)
-        plans: dict[uuid.UUID, Letter | Skip] = {}
+            if job.kind.startswith(WEBHOOK_PREFIX):
+                plans[job.id] = self._hook(job)
+            else:
+                groups.setdefault(job.kind, []).append(job)
         for kind, group in groups.items():
             handler = self._handlers.get(kind)
             if handler is None:
@@ -321,13 +350,38 @@ class Worker:
                     await self._fail(job, f"error_{type(exc).__name__}", permanent=False)
         return [(job, plans.get(job.id)) for job in jobs]
 
+    @staticmethod
+    def _hook(job: Job) -> Post:
+        """The event as it goes out: the stored payload, as compact JSON."""
+        body = json.dumps(job.payload or {}, separators=(",", ":"), ensure_ascii=False)
+        return Post(job.kind.removeprefix(WEBHOOK_PREFIX), body.encode("utf-8"))
+
+    async def _post(self, job: Job, post: Post) -> None:
+        """Post a webhook row and record it as sent (as `_deliver` does for mail)."""
+        try:
+            async with self._gate:
+                try:
+                    if self.sender is None:
+                        raise DeliveryError("no_endpoint", permanent=True)
+                    await self.sender.post(
+                        post.endpoint, WebhookSender.message_id(job.id), post.body
+                    )
+                except DeliveryError as exc:
+                    await self._fail(job, exc.code, permanent=exc.permanent)
+                    return
+            await self._record.submit([(job, "sent", (), ())])
+            # The account's next event for this endpoint may go now.
+            self.wake.set()
+        except Exception as exc:  # noqa: BLE001 - nobody awaits this task's result
+            log.warning("outbox %s %s: not recorded (%s)", job.kind, job.id, type(exc).__name__)
+
     async def _deliver(self, job: Job, letter: Letter) -> None:
         """Send `letter` and record it as sent. Runs as a task of its own: whatever fails here
         (the database, while recording) is logged, and the row goes again after its lease,
         with the same Message-ID and link."""
         try:
             if await self._send(job, letter):
-                await self._record.submit([(job, "sent", letter.notes)])
+                await self._record.submit([(job, "sent", letter.notes, ())])
         except Exception as exc:  # noqa: BLE001 - nobody awaits this task's result
             log.warning("outbox %s %s: not recorded (%s)", job.kind, job.id, type(exc).__name__)
 
@@ -377,10 +431,12 @@ class Worker:
         finished: dict[str, list[uuid.UUID]] = {}
         events: list[dict[str, Any]] = []
         sent: list[Job] = []
-        for job, outcome, notes in done:
+        emitted: list[Event] = []
+        for job, outcome, notes, happened in done:
             finished.setdefault(outcome, []).append(job.id)
             events += [note.event_at(now) for note in notes]
-            if outcome == "sent":
+            emitted += happened
+            if outcome == "sent" and not job.kind.startswith(WEBHOOK_PREFIX):
                 sent.append(job)
         async with self.store.tx() as tx:
             # A request's row was matched to its account while it was planned, after the claim
@@ -394,17 +450,19 @@ class Worker:
                 )
                 for job in sent
             ]
-            await tx.outbox.lock([job.id for job, _, _ in done])  # no deadlock with `_renew`
+            await tx.outbox.lock([job.id for job, *_ in done])  # no deadlock with `_renew`
             for outcome, ids in finished.items():
                 await tx.outbox.finish_many(ids, outcome, now)
             await tx.audit.record_many(events)
+            # A request matched to an account that needed no mail: its event goes with it.
+            await self.webhooks.emit(tx, now, emitted)
         for (kind, outcome), count in Counter(
-            (job.kind, outcome) for job, outcome, _ in done
+            (job.kind, outcome) for job, outcome, *_ in done
         ).items():
             metrics.MAIL.labels(kind, outcome).inc(count)
         # Rows that needed no mail are most of a flood: their lines are for debugging.
         debug = log.isEnabledFor(logging.DEBUG)
-        for job, outcome, _ in done:
+        for job, outcome, *_ in done:
             if outcome == "sent":
                 log.info("outbox %s %s: %s", job.kind, job.id, outcome)
             elif debug:
@@ -417,7 +475,9 @@ class Worker:
     async def _fail(self, job: Job, code: str, *, permanent: bool) -> None:
         now: datetime = self.clock()
         async with self.store.tx() as tx:
-            if permanent or job.attempts >= self.max_attempts:
+            webhook = job.kind.startswith(WEBHOOK_PREFIX)
+            most = self.webhook_max_attempts if webhook else self.max_attempts
+            if permanent or job.attempts >= most:
                 await tx.outbox.bury(job.id, now, code)
                 metrics.MAIL.labels(job.kind, "dead").inc()
                 log.warning(
