@@ -16,11 +16,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import uvicorn
 from standardwebhooks import Webhook
 
 from chaser_auth.config import new_webhook_secret
@@ -35,11 +38,14 @@ from tests.conftest import (
     FakeClock,
     Served,
     Smtp,
+    bound_socket,
     free_port,
     make_settings,
     serve,
+    socket_url,
 )
 from tests.test_cli import CLI, base_env
+from tests.test_integration import GUIDE, guide_block
 
 BACKENDS = EVERY_BACKEND
 ADMIN_KEY = "chak_webhook-tests-admin-key-0123456789abcdefghijklmno"
@@ -307,7 +313,7 @@ async def test_each_event_arrives_signed_after_the_action_that_causes_it(
             answer = await app.operator.delete(f"/admin/accounts/{user_id}", headers=admin)
             assert answer.status_code in (200, 204), answer.text
             [deleted] = await arrived(app, receiver, "account.deleted")
-            assert deleted.data == {"user_id": user_id}
+            assert deleted.data == {"user_id": user_id, "by": "operator"}
 
             await app.settle()
             events = receiver.events()
@@ -343,6 +349,74 @@ async def test_operator_made_and_invited_accounts_are_created_events(
             made = await arrived(app, receiver, "account.created", 2)
             assert sorted(d.data["via"] for d in made) == ["invitation", "operator"]
             assert all(d.data["email_verified"] is True for d in made)
+
+
+async def test_a_sign_up_nobody_verified_ends_with_a_deleted_event(
+    tmp_path: Path, clock: FakeClock, smtp: Smtp, backend_settings: dict[str, Any]
+) -> None:
+    with receiving() as receiver:
+        hooks = endpoints({"url": receiver.url, "secret": SECRET})
+        async with served(tmp_path, clock, smtp, backend_settings, hooks) as app:
+            answer = await app.client.post(
+                "/auth/register", json={"email": "late@example.com", "password": PASSWORD}
+            )
+            assert answer.status_code == 202
+            [made] = await arrived(app, receiver, "account.created")
+            await app.settle()
+            clock.advance(app.settings.verify_token_ttl + 1)
+            assert await app.runtime.housekeeping.pending_sign_up_expiry() == 1
+            app.runtime.wake.set()
+            [gone] = await arrived(app, receiver, "account.deleted")
+            assert gone.data == {"user_id": made.data["user_id"], "by": "expiry"}
+
+
+async def test_the_guides_receiver_verifies_and_handles_each_event_once(
+    tmp_path: Path, clock: FakeClock, smtp: Smtp
+) -> None:
+    source = guide_block("async def chaser_auth_events").replace("os.environ[", "ENV[")
+    guide: dict[str, Any] = {"ENV": {"CHASER_AUTH_WEBHOOK_SECRET": SECRET}}
+    exec(compile(source, str(GUIDE), "exec"), guide)  # noqa: S102 - our own docs' example
+    sock = bound_socket()
+    server = uvicorn.Server(uvicorn.Config(guide["app"], log_config=None, access_log=False))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        url = f"{socket_url(sock)}/hooks/chaser-auth"
+        hooks = endpoints({"url": url, "secret": SECRET})
+        backend = {"database_url": f"sqlite+aiosqlite:///{tmp_path}/auth.db"}
+        async with served(tmp_path, clock, smtp, backend, hooks) as app:
+            user_id = await app.create_user("guide@example.com")
+            await app.runtime.admin.delete("guide@example.com", key=None)
+            await app.outbox_until(
+                lambda rows: all(r.status == "done" for r in rows if r.kind.startswith("webh"))
+            )
+            async with app.runtime.store.tx() as tx:
+                rows = [r for r in await tx.outbox.listing() if r.kind.startswith("webhook:")]
+        handled = guide["handled"]
+        assert set(handled) == {f"msg_{r.id}" for r in rows}
+        assert [e["type"] for e in handled.values()] == ["account.created", "account.deleted"]
+        assert {e["data"]["user_id"] for e in handled.values()} == {user_id}
+        # a forged request (another secret) is refused, and handles nothing
+        async with httpx.AsyncClient() as client:
+            forged_body = b'{"type":"account.deleted","timestamp":"x","data":{}}'
+            forged = Webhook(OTHER_SECRET).sign(
+                "msg_forged", datetime.now(UTC), forged_body.decode()
+            )
+            answer = await client.post(
+                url,
+                content=forged_body,
+                headers={
+                    "webhook-id": "msg_forged",
+                    "webhook-timestamp": str(int(time.time())),
+                    "webhook-signature": forged,
+                },
+            )
+        assert answer.status_code == 400 and "msg_forged" not in handled
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
 
 
 # -- nothing for an unknown address -------------------------------------------------------------

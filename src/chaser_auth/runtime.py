@@ -105,6 +105,7 @@ class Runtime:
         housekeeping = Housekeeping(
             store=store,
             clock=clock,
+            webhooks=webhooks,
             keep_audit=timedelta(days=settings.audit_retention_days),
             keep_unmatched=timedelta(hours=settings.unmatched_retention_hours),
             keep_outbox=timedelta(hours=settings.outbox_retention_hours),

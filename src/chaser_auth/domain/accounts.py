@@ -288,6 +288,6 @@ class AccountService:
         now = self.clock()
         async with self.store.tx() as tx:
             await tx.users.delete(user.id)
-            await self.webhooks.emit(tx, now, [Event(ACCOUNT_DELETED, user.id)])
+            await self.webhooks.emit(tx, now, [Event(ACCOUNT_DELETED, user.id, {"by": "operator"})])
             await tx.audit.record("account_deleted", now, user_id=user.id, detail=by_key(by))
         return user

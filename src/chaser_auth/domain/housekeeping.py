@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from chaser_auth.domain.clock import Clock
+from chaser_auth.domain.webhooks import ACCOUNT_DELETED, NO_WEBHOOKS, Event, Webhooks
 from chaser_auth.store.tables import AuditEvent, OutboxMessage
 from chaser_auth.store.transactions import Store, Tx
 
@@ -33,6 +34,7 @@ class Housekeeping:
     keep_outbox: timedelta
     keep_pending_sign_up: timedelta
     address_window: timedelta
+    webhooks: Webhooks = NO_WEBHOOKS
 
     # -- the worker's hourly chores -----------------------------------------------------------
 
@@ -68,8 +70,19 @@ class Housekeeping:
         """Delete accounts never verified whose newest sign-up's link has expired: a sign-up
         nobody confirms leaves nothing behind, so a flood of sign-ups for made-up addresses
         does not grow the accounts table, and the address is free again. How many went."""
-        before = self.clock() - self.keep_pending_sign_up
-        return await self._in_chunks(lambda tx: tx.users.purge_unverified(before, PURGE_CHUNK))
+        now = self.clock()
+        before = now - self.keep_pending_sign_up
+        if not self.webhooks:
+            return await self._in_chunks(lambda tx: tx.users.purge_unverified(before, PURGE_CHUNK))
+
+        async def purge(tx: Tx) -> int:
+            # The application heard of the sign-up (account.created): it hears of its end.
+            doomed = await tx.users.unverified_before(before, PURGE_CHUNK)
+            gone = [Event(ACCOUNT_DELETED, user_id, {"by": "expiry"}) for user_id in doomed]
+            await self.webhooks.emit(tx, now, gone)
+            return await tx.users.delete_many(doomed) if doomed else 0
+
+        return await self._in_chunks(purge)
 
     async def limit_hit_expiry(self) -> int:
         """Delete the per-address limit's hits that left its window (a day at least); how

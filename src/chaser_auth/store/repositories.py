@@ -181,6 +181,23 @@ class Users:
             query = query.limit(limit)
         return (await self.db.scalars(query)).all()
 
+    async def unverified_before(self, before: datetime, limit: int) -> list[uuid.UUID]:
+        """Up to `limit` accounts never verified whose newest sign-up is from before `before`,
+        their rows locked (those `purge_unverified` would delete), in id order."""
+        table = _table(User)
+        found = await self.db.scalars(
+            select(table.c.id)
+            .where(table.c.email_verified.is_(False), table.c.created_at < before)
+            .order_by(table.c.id)
+            .limit(limit)
+            .with_for_update()
+        )
+        return list(found)
+
+    async def delete_many(self, user_ids: Sequence[uuid.UUID]) -> int:
+        table = _table(User)
+        return _rowcount(await self.db.execute(delete(table).where(table.c.id.in_(user_ids))))
+
     async def purge_unverified(self, before: datetime, limit: int) -> int:
         """Delete up to `limit` accounts never verified whose newest sign-up is from before
         `before` (their sessions and links go with them); how many went."""
