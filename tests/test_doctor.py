@@ -6,12 +6,14 @@ Doctor changes nothing: no secret key file, no migration, no mail (SMTP only get
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from chaser_auth.config import new_webhook_secret
 from tests.conftest import REDIS, Smtp, answers, free_port, require
 from tests.test_cli import base_env, cli
 
@@ -23,6 +25,7 @@ TOPICS = {
     "FILES",
     "MAIL_FROM",
     "ADMIN_KEYS",
+    "WEBHOOKS",
     "DATABASE",
     "SMTP_URL",
     "REDIS_URL",
@@ -214,6 +217,37 @@ def test_admin_keys_are_reported_by_name_and_an_unserved_admin_api_warns(tmp_pat
     off = doctor(tmp_path, CHASER_AUTH_ADMIN_KEYS=pairs, CHASER_AUTH_OPERATOR_ADDRESS="")
     assert off.level("ADMIN_KEYS") == "warn", off.done.stdout
     assert "not served" in off.text("ADMIN_KEYS")
+
+
+# -- webhooks -----------------------------------------------------------------------------------
+
+
+def test_webhook_endpoints_are_reported_by_name_and_host_and_plain_http_warns(
+    tmp_path: Path,
+) -> None:
+    assert doctor(tmp_path).text("WEBHOOKS") == "none configured"
+    secret = new_webhook_secret()
+    hooks = json.dumps(
+        [
+            {"name": "app", "url": "https://app.example.com/in?token=abc", "secret": secret},
+            {
+                "name": "local",
+                "url": "http://127.0.0.1:9000/in",
+                "secret": secret,
+                "events": ["account.deleted"],
+            },
+        ]
+    )
+    report = doctor(tmp_path, CHASER_AUTH_WEBHOOKS=hooks)
+    assert report.level("WEBHOOKS") == "ok", report.done.stdout
+    assert report.text("WEBHOOKS") == (
+        "app → app.example.com (9 event types); local → 127.0.0.1 (1 event type)"
+    )
+    assert secret not in report.done.stdout and "token=abc" not in report.done.stdout
+    plain = json.dumps([{"name": "crm", "url": "http://crm.example.com/in", "secret": secret}])
+    warned = doctor(tmp_path, CHASER_AUTH_WEBHOOKS=plain)
+    assert warned.level("WEBHOOKS") == "warn"
+    assert "crm on plain http" in warned.text("WEBHOOKS")
 
 
 # -- the secret ---------------------------------------------------------------------------------
