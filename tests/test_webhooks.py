@@ -586,6 +586,14 @@ async def test_dead_webhooks_are_listed_by_the_cli_and_delivered_when_retried(
             )
             assert str(dead.id) in listed.stdout and "webhook:app" in listed.stdout
             assert SECRET not in listed.stdout + listed.stderr
+            # the admin API lists it too, as a dead letter like a mail's
+            assert app.operator is not None
+            answer = await app.operator.get(
+                "/admin/dead-letters", headers={"Authorization": f"Bearer {ADMIN_KEY}"}
+            )
+            [letter] = answer.json()["dead_letters"]
+            assert letter["id"] == str(dead.id) and letter["kind"] == "webhook:app"
+            assert letter["last_error"] == "webhook_ConnectError"
 
             receiver.start()
             retried = await asyncio.to_thread(

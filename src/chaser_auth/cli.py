@@ -148,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     reset_link.add_argument("email")
 
-    outbox = commands.add_parser("outbox", help="inspect and re-drive mail").add_subparsers(
+    outbox = commands.add_parser("outbox", help="inspect and re-drive mail and webhooks").add_subparsers(
         dest="outbox_command", required=True, metavar="ACTION"
     )
     listing = outbox.add_parser("list", help="list outbox messages (newest last)")

@@ -38,8 +38,8 @@ LATENCY = Histogram(
 )
 MAIL = Counter(
     "chaser_auth_mail_total",
-    "Outbox rows handled by the delivery worker, by kind and outcome (sent, retried, dead, "
-    "suppressed, stale, no_account, …).",
+    "Outbox rows handled by the delivery worker, by kind (webhook:<endpoint> for webhook "
+    "events) and outcome (sent, retried, dead, suppressed, stale, no_account, …).",
     ["kind", "outcome"],
 )
 LIMITED = Counter(
