@@ -148,9 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     reset_link.add_argument("email")
 
-    outbox = commands.add_parser("outbox", help="inspect and re-drive mail and webhooks").add_subparsers(
-        dest="outbox_command", required=True, metavar="ACTION"
-    )
+    outbox = commands.add_parser(
+        "outbox", help="inspect and re-drive mail and webhooks"
+    ).add_subparsers(dest="outbox_command", required=True, metavar="ACTION")
     listing = outbox.add_parser("list", help="list outbox messages (newest last)")
     listing.add_argument(
         "--status", choices=["queued", "done", "dead"], help="only messages in this state"
