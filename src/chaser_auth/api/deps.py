@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.types import Scope
 
+from chaser_auth import i18n
 from chaser_auth.api import browser
 from chaser_auth.api.errors import CHALLENGE
 from chaser_auth.domain import devices
@@ -163,3 +164,21 @@ def place(request: Request) -> str | None:
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 SessionDep = Annotated[Authenticated, Depends(current_session)]
+
+
+def _accept_language(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"accept-language":
+            return str(value.decode("latin-1"))
+    return None
+
+
+def request_languages(scope: Scope) -> list[str]:
+    """The languages the request's `Accept-Language` asks for, most wanted first."""
+    return i18n.parse_accept_language(_accept_language(scope))
+
+
+def request_locale(scope: Scope) -> str:
+    """The shipped locale that best answers the request's `Accept-Language` (English if none
+    does)."""
+    return i18n.locale_for_header(_accept_language(scope))

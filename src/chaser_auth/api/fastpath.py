@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from chaser_auth.api.deps import scope_client_key
+from chaser_auth.api.deps import request_locale, scope_client_key
 from chaser_auth.api.errors import DATABASE_ERRORS, database_error
 from chaser_auth.api.middleware import (
     MAX_BODY,
@@ -101,7 +101,9 @@ class RequestLane:
             error: ChaserError | None = None
             try:
                 runtime = scope["app"].state.runtime
-                await record_request(runtime, scope_client_key(scope), body.email)
+                await record_request(
+                    runtime, scope_client_key(scope), body.email, request_locale(scope)
+                )
             except ChaserError as exc:
                 error = exc
             except DATABASE_ERRORS as exc:

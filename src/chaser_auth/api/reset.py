@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from chaser_auth.api import browser
 from chaser_auth.api.accounts import account_subject, forgive_login_failures, session_answer
-from chaser_auth.api.deps import RuntimeDep, client_key, request_device
+from chaser_auth.api.deps import RuntimeDep, client_key, request_device, request_locale
 from chaser_auth.api.errors import code_error_responses, error_responses
 from chaser_auth.api.schemas import (
     AuthResponse,
@@ -49,16 +49,18 @@ async def request_password_reset(
 ) -> Response:
     # The everyday request does not come here: `fastpath.RequestLane` answers it. This route
     # serves the rest (an unusual content type) and describes the endpoint in OpenAPI.
-    await record_request(runtime, client_key(request), body.email)
+    await record_request(runtime, client_key(request), body.email, request_locale(request.scope))
     return Response(REQUESTED_BODY, media_type="application/json")
 
 
-async def record_request(runtime: Runtime, client: str, email: str) -> None:
+async def record_request(runtime: Runtime, client: str, email: str, locale: str) -> None:
     """The reset request's work, whichever way the request came: the per-client limit, then
-    the request recorded durably (answered only once committed), then the worker woken."""
+    the request recorded durably (answered only once committed), then the worker woken.
+    `locale` is the request's language, for a notice to an address without an account; the
+    answer is the same whatever it is."""
     limit = runtime.settings.limit("rate_limit_reset_per_ip")
     await runtime.limiter.enforce(limit, "ip", client, time.time())
-    await runtime.recovery.request(email, client)
+    await runtime.recovery.request(email, client, locale)
     runtime.wake.set()
 
 

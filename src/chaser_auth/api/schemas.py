@@ -102,10 +102,18 @@ class VerifyEmailResendRequest(Schema):
 
 
 class RegisterRequest(Schema):
-    """Email address and password for a new account."""
+    """Email address and password for a new account, and optionally its language."""
 
     email: str
     password: str
+    locale: str | None = Field(
+        default=None,
+        max_length=35,
+        description="The language of the account's mail, as a language tag (`de`, `pt-BR`); "
+        "matched against the shipped languages. Without it, or when it matches none, the "
+        "request's `Accept-Language` decides, else English.",
+        examples=["de"],
+    )
 
 
 class PasswordChangeRequest(Schema):

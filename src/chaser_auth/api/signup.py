@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request, Response
 
 from chaser_auth.api import browser
 from chaser_auth.api.accounts import account_subject, session_answer
-from chaser_auth.api.deps import RuntimeDep, client_key, request_device
+from chaser_auth.api.deps import RuntimeDep, client_key, request_device, request_languages
 from chaser_auth.api.errors import code_error_responses, error_responses
 from chaser_auth.api.reset import spend_code_attempt, spend_token_attempt
 from chaser_auth.api.schemas import (
@@ -19,6 +19,7 @@ from chaser_auth.api.schemas import (
     VerifyEmailRequest,
     VerifyEmailResendRequest,
 )
+from chaser_auth.i18n import choose
 
 router = APIRouter(prefix="/auth", tags=["subpackage_auth"])
 
@@ -49,7 +50,8 @@ async def register(body: RegisterRequest, request: Request, runtime: RuntimeDep)
     await runtime.limiter.enforce(
         runtime.settings.limit("rate_limit_register_per_ip"), "register-ip", client, time.time()
     )
-    await runtime.registration.register(body.email, body.password, client)
+    wanted = ([body.locale] if body.locale else []) + request_languages(request.scope)
+    await runtime.registration.register(body.email, body.password, client, choose(wanted))
     runtime.wake.set()
     return Response(REGISTERED_BODY, status_code=202, media_type="application/json")
 

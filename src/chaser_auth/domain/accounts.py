@@ -38,10 +38,17 @@ from chaser_auth.store.transactions import Store
 
 
 def new_user(
-    raw_email: str, key: str, password_hash: str | None, now: datetime, *, verified: bool
+    raw_email: str,
+    key: str,
+    password_hash: str | None,
+    now: datetime,
+    *,
+    verified: bool,
+    locale: str | None = None,
 ) -> User:
-    """A new, active account for an address that `address_key` accepted (as `key`); with no
-    password hash (an invitation), no password works until one is set through a link."""
+    """A new, active account for an address that `address_key` accepted (as `key`), its mail
+    in `locale` (None: the default language); with no password hash (an invitation), no
+    password works until one is set through a link."""
     return User(
         id=uuid.uuid4(),
         email=stored_form(raw_email),
@@ -51,6 +58,7 @@ def new_user(
         email_verified=verified,
         created_at=now,
         password_changed_at=now if password_hash is not None else None,
+        locale=locale,
     )
 
 

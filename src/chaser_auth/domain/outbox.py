@@ -63,12 +63,15 @@ class Note:
 
 @dataclass(frozen=True)
 class Letter:
-    """What the worker should send: a template, the stored address, the template's context."""
+    """What the worker should send: a template, the stored address, the template's context,
+    and the language to write it in (the account's, or for an address without one the
+    request's; None: the default)."""
 
     template: str
     to: str
     context: dict[str, Any] = field(default_factory=dict)
     notes: tuple[Note, ...] = ()
+    locale: str | None = None
 
 
 @dataclass(frozen=True)

@@ -123,10 +123,12 @@ class RecoveryService:
 
     # -- request path -------------------------------------------------------------------------
 
-    async def request(self, raw_email: str, client: str) -> None:
+    async def request(self, raw_email: str, client: str, locale: str | None = None) -> None:
         """Record the request: what the client typed and the client's address (for the audit
-        trail, so an operator can see who sent a flood); both leave the row once handled."""
-        payload = {"email": raw_email, "client": client}
+        trail, so an operator can see who sent a flood); both leave the row once handled.
+        `locale`, the request's language, is used only for a notice to an address without an
+        account: an account's mail is in the account's language, whoever asks."""
+        payload = {"email": raw_email, "client": client, "locale": locale}
         await self.intake.enqueue(RESET_REQUEST, self.clock(), payload)
 
     # -- worker -------------------------------------------------------------------------------
@@ -141,12 +143,14 @@ class RecoveryService:
         now = self.clock()
         plans: dict[uuid.UUID, Letter | Skip] = {}
         fresh: list[tuple[Job, str, str | None, str | None]] = []
+        asked_in: dict[uuid.UUID, str | None] = {}
         for job in jobs:
             if job.user_id is not None:  # resolved on an earlier attempt: resend the same link
                 plans[job.id] = await self._resend(job, now)
             else:
                 payload = job.payload or {}
                 raw, client = str(payload.get("email", "")), payload.get("client")
+                asked_in[job.id] = str(payload["locale"]) if payload.get("locale") else None
                 fresh.append((job, raw, address_key(raw), str(client) if client else None))
         async with self.store.tx() as tx:  # reads only: nothing to commit
             users = await tx.users.by_keys({key for _, _, key, _ in fresh if key})
@@ -174,6 +178,7 @@ class RecoveryService:
                         stored_form(raw),
                         {"public_url": self.public_url},
                         (requested,),
+                        locale=asked_in.get(job.id),
                     )
                     if ok
                     else Skip("suppressed", (requested,))
@@ -316,7 +321,9 @@ class RecoveryService:
                 "link": self.link(token),
                 "code": tokens.show_code(self.links.code_of(job_id)),
                 "ttl_minutes": int(self.links.ttl.total_seconds() // 60),
+                "ttl": self.links.ttl,
             },
+            locale=user.locale,
         )
 
     async def prepare_changed_notice(self, job: Job) -> Letter | Skip:
@@ -330,6 +337,7 @@ class RecoveryService:
             user.email,
             {
                 "changed_at": changed.strftime("%Y-%m-%d %H:%M UTC"),
+                "changed": changed,
                 "forgot_link": f"{self.public_url}/forgot-password",
                 **device_context(job),
             },
@@ -349,6 +357,7 @@ class RecoveryService:
                 "forgot_link": f"{self.public_url}/forgot-password",
                 **device_context(job),
             },
+            locale=user.locale,
         )
 
     # -- confirm path -------------------------------------------------------------------------

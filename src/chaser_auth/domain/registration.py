@@ -77,7 +77,11 @@ class RegistrationService:
 
     # -- request path -------------------------------------------------------------------------
 
-    async def register(self, raw_email: str, password: str, client: str) -> None:
+    async def register(
+        self, raw_email: str, password: str, client: str, locale: str | None = None
+    ) -> None:
+        """Check and record a sign-up; `locale` is the account's language (the caller has
+        chosen it among the shipped ones)."""
         if address_key(raw_email) is None:
             raise InvalidAddress()
         self.policy.check(password, stored_form(raw_email))
@@ -85,7 +89,12 @@ class RegistrationService:
         await self.intake.enqueue(
             REGISTER,
             self.clock(),
-            {"email": raw_email, "password_hash": password_hash, "client": client},
+            {
+                "email": raw_email,
+                "password_hash": password_hash,
+                "client": client,
+                "locale": locale,
+            },
         )
 
     async def request_resend(self, raw_email: str, client: str) -> None:
@@ -135,6 +144,7 @@ class RegistrationService:
         payload = job.payload or {}
         raw, password_hash = str(payload.get("email", "")), payload.get("password_hash")
         client = str(payload["client"]) if payload.get("client") else None
+        locale = str(payload["locale"]) if payload.get("locale") else None
         key = address_key(raw)
         if key is None or not isinstance(password_hash, str):
             return Skip("invalid")
@@ -145,7 +155,7 @@ class RegistrationService:
             found = await tx.users.by_key(key)
             user = await tx.users.lock(found.id) if found is not None else None
             if user is None:
-                user = new_user(raw, key, password_hash, now, verified=False)
+                user = new_user(raw, key, password_hash, now, verified=False, locale=locale)
                 await tx.users.add(user)
                 await self.webhooks.emit(tx, now, [created(user, "sign_up")])
                 event = "account_registered"
@@ -156,7 +166,8 @@ class RegistrationService:
                 # thus gains nothing: a password chosen by someone who signed the address up
                 # earlier never becomes usable once the mailbox owner signs up and follows the
                 # newest link, and the address is still only verified from that mailbox.
-                await tx.users.replace_pending(user.id, password_hash, now)
+                await tx.users.replace_pending(user.id, password_hash, now, locale)
+                user.locale = locale
                 event = "account_registered_again"
             else:
                 await tx.outbox.resolve_many([(job.id, user.id)])  # forgets the address, hash
@@ -184,12 +195,17 @@ class RegistrationService:
                 "link": self.links.url(token),
                 "code": tokens.show_code(self.links.code_of(job_id)),
                 "ttl_hours": max(1, int(self.links.ttl.total_seconds() // 3600)),
+                "ttl": self.links.ttl,
             },
+            locale=user.locale,
         )
 
     def _exists_letter(self, user: User) -> Letter:
         return Letter(
-            "account_exists", user.email, {"forgot_link": f"{self.public_url}/forgot-password"}
+            "account_exists",
+            user.email,
+            {"forgot_link": f"{self.public_url}/forgot-password"},
+            locale=user.locale,
         )
 
     # -- verify path --------------------------------------------------------------------------

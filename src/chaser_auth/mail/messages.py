@@ -1,6 +1,10 @@
 """Rendering: a template name and a context in, a complete RFC 5322 message out.
 
-Templates are Jinja2 (`<name>.subject.txt`, `<name>.txt`, `<name>.html` under mail/templates/).
+Templates are Jinja2 (`<name>.subject.txt`, `<name>.txt`, `<name>.html` under mail/templates/),
+their words in `{% trans %}` blocks (the i18n extension) that the reader's language's catalog
+translates (`chaser_auth.i18n`); every message says its language in `Content-Language`
+(RFC 3282). Two filters write values as that language does: `when` (a datetime) and
+`duration` (a timedelta or seconds).
 An operator overrides any of them by putting a file of the same name in
 `CHASER_AUTH_TEMPLATES_DIR` (read once per process: restart after editing one); the HTML part
 is autoescaped.
@@ -31,6 +35,8 @@ from jinja2 import (
     select_autoescape,
 )
 
+from chaser_auth import i18n
+
 
 class _HeaderClasses(HeaderRegistry):
     """The standard library's header registry, with each header name's class made once.
@@ -60,15 +66,8 @@ class Renderer:
         loaders: list[Any] = [PackageLoader("chaser_auth.mail", "templates")]
         if override_dir is not None:
             loaders.insert(0, FileSystemLoader(override_dir))
-        self._env = Environment(
-            loader=ChoiceLoader(loaders),
-            autoescape=select_autoescape(["html"], default_for_string=False),
-            undefined=StrictUndefined,
-            keep_trailing_newline=True,
-            # Each template is read once per process: Jinja2 would otherwise stat its file
-            # (through both loaders) on every use, eight system calls per message.
-            auto_reload=False,
-        )
+        self._loader = ChoiceLoader(loaders)
+        self._envs: dict[str, Environment] = {}
         self.mail_from = mail_from
         domain = parseaddr(mail_from)[1].rpartition("@")[2]
         self._id_domain = domain or "localhost"
@@ -78,6 +77,28 @@ class Renderer:
         and a receiving system can drop the duplicate."""
         return f"<{job_id.hex}@{self._id_domain}>"
 
+    def _env(self, locale: str) -> Environment:
+        """One environment per language, its translations installed (made on first use)."""
+        env = self._envs.get(locale)
+        if env is None:
+            env = self._envs[locale] = Environment(
+                loader=self._loader,
+                autoescape=select_autoescape(["html"], default_for_string=False),
+                undefined=StrictUndefined,
+                keep_trailing_newline=True,
+                # Each template is read once per process: Jinja2 would otherwise stat its file
+                # (through both loaders) on every use, eight system calls per message.
+                auto_reload=False,
+                extensions=["jinja2.ext.i18n"],
+            )
+            env.policies["ext.i18n.trimmed"] = True  # a paragraph is one message, one line
+            env.install_gettext_translations(  # type: ignore[attr-defined]
+                i18n.translations(locale), newstyle=True
+            )
+            env.filters["when"] = lambda moment: i18n.format_when(moment, locale)
+            env.filters["duration"] = lambda span: i18n.format_duration(span, locale)
+        return env
+
     def render(
         self,
         template: str,
@@ -86,10 +107,15 @@ class Renderer:
         job_id: uuid.UUID,
         date: datetime,
         context: dict[str, Any],
+        locale: str = i18n.DEFAULT,
     ) -> EmailMessage:
-        subject = self._env.get_template(f"{template}.subject.txt").render(context).strip()
-        text = self._env.get_template(f"{template}.txt").render(context)
-        html = self._env.get_template(f"{template}.html").render(context)
+        """The message, in `locale` (a shipped one; anything else is written in English)."""
+        locale = i18n.shipped_or_default(locale)
+        env = self._env(locale)
+        context = {**context, "lang": i18n.tag(locale), "dir": i18n.direction(locale)}
+        subject = env.get_template(f"{template}.subject.txt").render(context).strip()
+        text = env.get_template(f"{template}.txt").render(context)
+        html = env.get_template(f"{template}.html").render(context)
         local, _, domain = to.rpartition("@")
         message = EmailMessage(policy=_POLICY if local.isascii() else _UTF8_POLICY)
         message["From"] = self.mail_from
@@ -102,6 +128,8 @@ class Renderer:
         message["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation auto-replies
         message.set_content(text, cte=_transfer_encoding(text))
         message.add_alternative(html, subtype="html", cte=_transfer_encoding(html))
+        # After the parts: setting content moves or clears the Content-* headers.
+        message["Content-Language"] = i18n.tag(locale)  # RFC 3282
         return message
 
 

@@ -60,6 +60,7 @@ from chaser_auth.domain.outbox import (
 from chaser_auth.domain.recovery import RecoveryService
 from chaser_auth.domain.registration import RegistrationService
 from chaser_auth.domain.webhooks import NO_WEBHOOKS, Event, Webhooks
+from chaser_auth.i18n import DEFAULT as DEFAULT_LOCALE
 from chaser_auth.mail.messages import Renderer
 from chaser_auth.mail.transport import DeliveryError, MailTransport
 from chaser_auth.mail.webhooks import WebhookSender
@@ -400,6 +401,7 @@ class Worker:
                     job_id=job.id,
                     date=self.clock(),
                     context=letter.context,
+                    locale=letter.locale or DEFAULT_LOCALE,
                 )
                 await self.transport.send(message)
             except DeliveryError as exc:

@@ -146,10 +146,14 @@ class Users:
         by a login that was in flight meanwhile is refused."""
         await self._bump([User.id == user_id], is_active=active)
 
-    async def replace_pending(self, user_id: uuid.UUID, password_hash: str, now: datetime) -> None:
-        """A new sign-up of an account not yet verified: its password and creation time are
-        the newest sign-up's."""
-        await self._bump([User.id == user_id], password_hash=password_hash, created_at=now)
+    async def replace_pending(
+        self, user_id: uuid.UUID, password_hash: str, now: datetime, locale: str | None = None
+    ) -> None:
+        """A new sign-up of an account not yet verified: its password, creation time and
+        language are the newest sign-up's."""
+        await self._bump(
+            [User.id == user_id], password_hash=password_hash, created_at=now, locale=locale
+        )
 
     async def _bump(self, condition: list[Any], **values: Any) -> int | None:
         result = await self.db.execute(

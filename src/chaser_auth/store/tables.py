@@ -54,6 +54,9 @@ class User(Base):
     # Goes up with every change of what proves who someone is (password set, reset or
     # changed; disabled; enabled): a session is accepted only while it carries this value.
     credential_version: Mapped[int] = mapped_column(Integer, server_default="0", default=0)
+    # The language its mail is written in (a locale name, `pt_BR`): the sign-up's. NULL: the
+    # default language.
+    locale: Mapped[str | None] = mapped_column(String(35), default=None)
 
 
 class Session(Base):
