@@ -5,10 +5,12 @@ Each page is server-rendered HTML (Jinja2) plus one script and one stylesheet of
 secret and loading a page — by a person, a mail scanner, a prefetcher — changes nothing; only
 the script's POST on the person's submit uses a token.
 
-The pages depend on nothing per request, so they are rendered once, when the app is built (a
-broken override template fails at start-up, not on a visitor). An operator re-brands them by
-putting files in `CHASER_AUTH_TEMPLATES_DIR`: `pages/<name>.html` replaces a template,
-`static/chaser-auth.css` replaces the stylesheet.
+The pages depend on nothing per request but the language, so each is rendered once per shipped
+language, when the app is built (a broken override template fails at start-up, not on a
+visitor). A request gets the language its `?lang=` names, else the one its `Accept-Language`
+asks for (`chaser_auth.i18n`), else English; every page links to itself in each language.
+An operator re-brands them by putting files in `CHASER_AUTH_TEMPLATES_DIR`: `pages/<name>.html`
+replaces a template, `static/chaser-auth.css` replaces the stylesheet.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PackageLoader, StrictUndefined
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from chaser_auth import i18n
 from chaser_auth.config import Settings
 from chaser_auth.domain.passwords import MAX_LENGTH
 from chaser_auth.domain.tokens import CODE_DIGITS
@@ -53,14 +56,37 @@ def site_name(settings: Settings) -> str:
     return parseaddr(settings.mail_from)[0] or "chaser-auth"
 
 
-def render_pages(settings: Settings) -> dict[str, bytes]:
+def languages() -> list[dict[str, str]]:
+    """The language switch: each shipped language, named in itself."""
+    return [
+        {
+            "locale": locale,
+            "tag": i18n.tag(locale),
+            "name": i18n.native_name(locale),
+        }
+        for locale in i18n.available()
+    ]
+
+
+def render_pages(settings: Settings) -> dict[str, dict[str, bytes]]:
+    """Each page in each shipped language: locale → path → body."""
     loaders: list[Any] = [PackageLoader("chaser_auth.web", "templates")]
     if settings.templates_dir is not None:
         loaders.insert(0, FileSystemLoader(settings.templates_dir / "pages"))
+    loader = ChoiceLoader(loaders)
+    return {locale: _render(settings, loader, locale) for locale in i18n.available()}
+
+
+def _render(settings: Settings, loader: ChoiceLoader, locale: str) -> dict[str, bytes]:
     env = Environment(
-        loader=ChoiceLoader(loaders),
+        loader=loader,
         autoescape=True,
         undefined=StrictUndefined,
+        extensions=["jinja2.ext.i18n"],
+    )
+    env.policies["ext.i18n.trimmed"] = True
+    env.install_gettext_translations(  # type: ignore[attr-defined]
+        i18n.translations(locale), newstyle=True
     )
     context = {
         "site_name": site_name(settings),
@@ -68,7 +94,12 @@ def render_pages(settings: Settings) -> dict[str, bytes]:
         "min_length": settings.password_min_length,
         "max_length": MAX_LENGTH,
         "reset_ttl_minutes": settings.reset_token_ttl // 60,
+        "reset_ttl": i18n.format_duration(settings.reset_token_ttl, locale),
         "code_digits": CODE_DIGITS,
+        "locale": locale,
+        "lang": i18n.tag(locale),
+        "dir": i18n.direction(locale),
+        "languages": languages(),
     }
     return {
         path: env.get_template(name).render(page=name.removesuffix(".html"), **context).encode()
@@ -76,18 +107,39 @@ def render_pages(settings: Settings) -> dict[str, bytes]:
     }
 
 
+def page_locale(request: Request) -> str:
+    """The language of a page: `?lang=` if it names a shipped one, else `Accept-Language`."""
+    asked = request.query_params.get("lang")
+    if asked:
+        chosen = i18n.negotiate([asked[:35]])
+        if chosen is not None:
+            return chosen
+    return i18n.locale_for_header(request.headers.get("accept-language"))
+
+
 def router(settings: Settings) -> APIRouter:
     rendered = render_pages(settings)
     pages = APIRouter(include_in_schema=False)
 
-    def add(path: str, body: bytes) -> None:
-        async def page() -> Response:
-            return Response(body, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+    def add(path: str) -> None:
+        bodies = {locale: by_path[path] for locale, by_path in rendered.items()}
+
+        async def page(request: Request) -> Response:
+            locale = page_locale(request)
+            return Response(
+                bodies[locale],
+                media_type="text/html; charset=utf-8",
+                headers={
+                    **PAGE_HEADERS,
+                    "Content-Language": i18n.tag(locale),
+                    "Vary": "Accept-Language",
+                },
+            )
 
         pages.add_api_route(path, page, methods=["GET", "HEAD"], name=path.strip("/"))
 
-    for path, body in rendered.items():
-        add(path, body)
+    for path in PAGES:
+        add(path)
     return pages
 
 

@@ -9,7 +9,8 @@
  * reset-password and verify-email pages ask for the one-time code from the email instead: the
  * code, with the address, stands for the link (reset-password gets the link's token for it and
  * goes on as from the link). Every text a person reads lives in the page's template
- * (data-message elements), so an operator can reword or translate it.
+ * (data-message elements), so an operator can reword or translate it, and the server renders it
+ * in the reader's language. The language switch (?lang=) keeps a token this tab holds.
  */
 (function () {
   "use strict";
@@ -40,10 +41,29 @@
     var saved = history.state && typeof history.state === "object" ? history.state : {};
     var token = fromFragment || (typeof saved.token === "string" ? saved.token : null);
     var done = !fromFragment && saved.done === true;
-    // The path alone: no fragment, no query string left for a screenshot, a bookmark or a share.
-    history.replaceState(token ? { token: token } : (done ? { done: true } : null), "",
-      location.pathname);
+    // The path alone (and the chosen language): no fragment, nothing secret left for a
+    // screenshot, a bookmark or a share.
+    history.replaceState(token ? { token: token } : (done ? { done: true } : null), "", here());
     return { token: token, done: done };
+  }
+
+  function here() {
+    var lang = new URLSearchParams(location.search).get("lang");
+    return location.pathname + (lang ? "?lang=" + encodeURIComponent(lang) : "");
+  }
+
+  // Switching language loads the page anew: a link's token still held goes along in the
+  // fragment (never to the server), so the person can go on in the other language.
+  function keepTokenAcrossLanguages() {
+    document.querySelectorAll("a[data-lang]").forEach(function (link) {
+      link.addEventListener("click", function (event) {
+        var saved = history.state && typeof history.state === "object" ? history.state : {};
+        if (typeof saved.token === "string" && TOKEN.test(saved.token)) {
+          event.preventDefault();
+          location.assign(link.href + "#token=" + encodeURIComponent(saved.token));
+        }
+      });
+    });
   }
 
   // A new link pasted into a tab that shows the page changes only the fragment: start over.
@@ -51,7 +71,7 @@
     window.addEventListener("hashchange", function () { location.reload(); });
   }
 
-  function remember(state) { history.replaceState(state, "", location.pathname); }
+  function remember(state) { history.replaceState(state, "", here()); }
 
   async function post(path, payload) {
     var response;
@@ -380,5 +400,6 @@
     undo_email_change: function () { onePressPage("auth/email/change/undo"); }
   };
   var start = pages[document.body.getAttribute("data-page")];
+  keepTokenAcrossLanguages();
   if (start) { start(); }
 })();
