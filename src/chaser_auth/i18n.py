@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -63,6 +63,12 @@ def native_name(locale: str) -> str:
     """The language's name in itself (`Deutsch`, `português (Brasil)`), for the switch."""
     name = Locale.parse(locale).get_display_name(locale) or locale
     return name[:1].upper() + name[1:]
+
+
+def plural_rule(locale: str) -> Callable[[int], str]:
+    """The language's CLDR plural rule: a number → its category (`one`, `few`, `other` …)."""
+    rule: Callable[[int], str] = Locale.parse(locale).plural_form
+    return rule
 
 
 @functools.cache

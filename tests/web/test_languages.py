@@ -8,12 +8,24 @@ some of them."""
 
 from __future__ import annotations
 
+import re
 import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Served, require
+from chaser_auth import i18n
+from tests.conftest import (
+    FakeClock,
+    Served,
+    Smtp,
+    bound_socket,
+    make_settings,
+    require,
+    serve,
+    socket_url,
+)
 from tests.web.conftest import ARTIFACTS, Tab, checked_tab, shown
 
 PAGES = [
@@ -120,3 +132,30 @@ async def test_a_mail_written_in_japanese(site: Served, browser: Any) -> None:
             assert await fits(tab)
             await tab.shot("mail-verify-email-ja")
     assert (ARTIFACTS / "mail-verify-email-ja-320.png").is_file()
+
+
+async def test_a_count_the_script_learns_takes_its_languages_plural_form(
+    tmp_path: Path, smtp: Smtp, clock: FakeClock, tab: Tab
+) -> None:
+    """The wait after too many requests, in Arabic (six plural forms): the script picks the
+    form of the number it shows by the same CLDR rules the catalog's forms were made for."""
+    sock = bound_socket()
+    settings = make_settings(
+        tmp_path, smtp_url=smtp.url, public_url=socket_url(sock), rate_limit_reset_per_ip="1/minute"
+    )
+    async with serve(settings, clock, smtp, sock) as site:
+        page = tab.page
+        await page.set_extra_http_headers({"Accept-Language": "ar"})
+        for _ in range(2):
+            await page.goto(f"{site.url}/forgot-password")
+            await page.locator("#email").fill("kim@example.com")
+            await page.locator("#forgot-form button[type=submit]").click()
+        alert = page.get_by_role("alert")
+        await alert.wait_for(state="visible")
+        shown_text = (await alert.inner_text()).strip()
+        [number] = re.findall(r"\d+", shown_text)
+        category = i18n.plural_rule("ar")(int(number))
+        form = await page.locator('[data-message="wait"]').get_attribute(f"data-plural-{category}")
+        assert form is not None
+        assert shown_text == form.replace("{seconds}", number)
+        assert "طلبات كثيرة جدًا" in shown_text

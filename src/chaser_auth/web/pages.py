@@ -68,6 +68,17 @@ def languages() -> list[dict[str, str]]:
     ]
 
 
+def plural_samples(locale: str) -> list[tuple[str, int]]:
+    """For each plural category of the language (CLDR: `one`, `few`, …, `other`), a number in
+    it: rendering a message with that number gives the category's form, which the script
+    picks for a count it learns later (`Intl.PluralRules`, the same CLDR rules)."""
+    rule = i18n.plural_rule(locale)
+    samples: dict[str, int] = {}
+    for number in [*range(200), 1000, 1_000_000]:
+        samples.setdefault(rule(number), number)
+    return sorted(samples.items())
+
+
 def render_pages(settings: Settings) -> dict[str, dict[str, bytes]]:
     """Each page in each shipped language: locale → path → body."""
     loaders: list[Any] = [PackageLoader("chaser_auth.web", "templates")]
@@ -100,6 +111,7 @@ def _render(settings: Settings, loader: ChoiceLoader, locale: str) -> dict[str, 
         "lang": i18n.tag(locale),
         "dir": i18n.direction(locale),
         "languages": languages(),
+        "plural_samples": plural_samples(locale),
     }
     return {
         path: env.get_template(name).render(page=name.removesuffix(".html"), **context).encode()

@@ -22,6 +22,12 @@
   function message(name, values) {
     var node = document.querySelector('[data-message="' + name + '"]');
     var text = node ? node.textContent.trim() : name;
+    // A message with a count has a form per plural category of the page's language.
+    var counted = node && node.getAttribute("data-count");
+    if (counted && values && typeof values[counted] === "number" && window.Intl && Intl.PluralRules) {
+      var category = new Intl.PluralRules(document.documentElement.lang).select(values[counted]);
+      text = node.getAttribute("data-plural-" + category) || text;
+    }
     Object.keys(values || {}).forEach(function (key) {
       text = text.split("{" + key + "}").join(String(values[key]));
     });
