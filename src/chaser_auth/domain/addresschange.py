@@ -124,7 +124,12 @@ class AddressChangeService:
         return Letter(
             "email_change",
             new_email,
-            {"link": self.changes.url(token), "ttl_hours": self._ttl_hours()},
+            {
+                "link": self.changes.url(token),
+                "ttl_hours": self._ttl_hours(),
+                "ttl": self.changes.ttl,
+            },
+            locale=user.locale,  # the account's mail, though it goes to the new address
         )
 
     async def prepare_changed_notice(self, job: Job) -> Letter | Skip:
@@ -142,8 +147,10 @@ class AddressChangeService:
                 "new_email": user.email,
                 "undo_link": self.undos.url(self.undos.token_of(job.id)),
                 "ttl_hours": self._ttl_hours(),
+                "ttl": self.undos.ttl,
                 "forgot_link": f"{self.public_url}/forgot-password",
             },
+            locale=user.locale,
         )
 
     def _ttl_hours(self) -> int:

@@ -301,7 +301,9 @@ class RecoveryService:
                 "link": self.link(token),
                 "ttl_days": max(1, int(self.invitations.ttl.total_seconds() // 86400)),
                 "ttl_hours": max(1, int(self.invitations.ttl.total_seconds() // 3600)),
+                "ttl": self.invitations.ttl,
             },
+            locale=user.locale,
         )
 
     def link(self, token: str) -> str:
@@ -341,6 +343,7 @@ class RecoveryService:
                 "forgot_link": f"{self.public_url}/forgot-password",
                 **device_context(job),
             },
+            locale=user.locale,
         )
 
     async def prepare_sign_in_notice(self, job: Job) -> Letter | Skip:
@@ -354,6 +357,7 @@ class RecoveryService:
             user.email,
             {
                 "signed_in_at": job.created_at.strftime("%Y-%m-%d %H:%M UTC"),
+                "signed_in": job.created_at,
                 "forgot_link": f"{self.public_url}/forgot-password",
                 **device_context(job),
             },
