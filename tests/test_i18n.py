@@ -33,6 +33,10 @@ TEMPLATES = (
     "account_exists",
     "password_changed",
     "reset_unknown",
+    "invitation",
+    "new_sign_in",
+    "email_change",
+    "email_changed",
 )
 PLACEHOLDER = re.compile(r"%\([a-z_]+\)s|\{[a-z_]+\}")
 TAG = re.compile(r"</?[a-z]+[^>]*>")
@@ -180,34 +184,99 @@ CONTEXTS: dict[str, dict[str, Any]] = {
         "changed_at": "2026-12-07 09:30 UTC",
         "changed": datetime(2026, 12, 7, 9, 30, tzinfo=UTC),
         "forgot_link": "https://auth.example/forgot-password",
+        "device": "Firefox 128 on Windows 10",
+        "place": "203.0.113.0/24",
     },
     "reset_unknown": {"public_url": "https://auth.example"},
+    "invitation": {
+        "link": "https://auth.example/reset-password#token=" + "a" * 43,
+        "ttl_days": 7,
+        "ttl_hours": 168,
+        "ttl": timedelta(days=7),
+    },
+    "new_sign_in": {
+        "signed_in_at": "2026-12-07 09:30 UTC",
+        "signed_in": datetime(2026, 12, 7, 9, 30, tzinfo=UTC),
+        "forgot_link": "https://auth.example/forgot-password",
+        "device": "Firefox 128 on Windows 10",
+        "place": "203.0.113.0/24",
+    },
+    "email_change": {
+        "link": "https://auth.example/change-email#token=" + "a" * 43,
+        "ttl_hours": 24,
+        "ttl": timedelta(hours=24),
+    },
+    "email_changed": {
+        "new_email": "new@example.org",
+        "undo_link": "https://auth.example/undo-email-change#token=" + "a" * 43,
+        "forgot_link": "https://auth.example/forgot-password",
+        "ttl_hours": 24,
+        "ttl": timedelta(hours=24),
+    },
 }
+# The values a mail shows as they are, in every language.
+VALUES = ("link", "code", "forgot_link", "public_url", "undo_link", "new_email", "device", "place")
+
+
+def mail(renderer: Renderer, name: str, locale: str, **context: Any) -> tuple[str, str, str]:
+    """A mail's subject, text and HTML, in `locale`."""
+    message = renderer.render(
+        name,
+        to="reader@example.com",
+        job_id=uuid.uuid4(),
+        date=datetime(2026, 12, 7, tzinfo=UTC),
+        context={**CONTEXTS[name], **context},
+        locale=locale,
+    )
+    assert message["Content-Language"] == i18n.tag(locale)
+    html = str(message.get_body(("html",)).get_content())  # type: ignore[union-attr]
+    text = str(message.get_body(("plain",)).get_content())  # type: ignore[union-attr]
+    return str(message["Subject"]), text, html
+
+
+def sentences(text: str, values: dict[str, Any]) -> set[str]:
+    """A text's lines, less those that are one of the values the mail shows."""
+    shown = {str(value) for value in values.values()}
+    return {
+        line.strip() for line in text.splitlines() if line.strip() and line.strip() not in shown
+    }
+
+
+def test_every_mail_template_has_a_context_here() -> None:
+    assert set(CONTEXTS) == set(TEMPLATES)
+    shipped = {
+        path.name.split(".")[0] for path in (ROOT / "src/chaser_auth/mail/templates").iterdir()
+    }
+    assert shipped - {"_layout"} == set(TEMPLATES)
 
 
 @pytest.mark.parametrize("locale", SHIPPED)
 def test_every_mail_renders_in_every_language(locale: str) -> None:
     renderer = Renderer("Example <no-reply@auth.example>")
     for name, context in CONTEXTS.items():
-        message = renderer.render(
-            name,
-            to="reader@example.com",
-            job_id=uuid.uuid4(),
-            date=datetime(2026, 12, 7, tzinfo=UTC),
-            context=context,
-            locale=locale,
-        )
-        assert message["Content-Language"] == i18n.tag(locale)
-        html = str(message.get_body(("html",)).get_content())  # type: ignore[union-attr]
-        text = str(message.get_body(("plain",)).get_content())  # type: ignore[union-attr]
+        subject, text, html = mail(renderer, name, locale)
         assert f'<html lang="{i18n.tag(locale)}" dir="{i18n.direction(locale)}">' in html
-        for value in ("link", "code", "forgot_link", "public_url"):
+        for value in VALUES:
             if value in context:
-                assert str(context[value]) in text
-                assert str(context[value]) in html
-    if locale != "en":
-        # Translated, not the English text with another header.
-        assert "Hello," not in text
+                assert str(context[value]) in text, (name, value)
+                assert str(context[value]) in html, (name, value)
+        if locale != "en":
+            # Translated, every line: not the English text with another header.
+            english_subject, english, _ = mail(renderer, name, "en")
+            assert subject != english_subject, name
+            left = sentences(english, context) & sentences(text, context)
+            assert not left, (name, left)
+
+
+@pytest.mark.parametrize("name", ["password_changed", "new_sign_in"])
+def test_a_notice_without_the_browser_or_network_leaves_their_lines_out(name: str) -> None:
+    renderer = Renderer("Example <no-reply@auth.example>")
+    _, text, html = mail(renderer, name, "en", device="", place="")
+    assert "Browser or app" not in text and "Network" not in text
+    assert "Browser or app" not in html and "Network" not in html
+    assert "\n\n\n" not in text  # no blank line left twice
+    _, text, _ = mail(renderer, name, "de", place="")
+    assert "Browser oder App: Firefox 128 on Windows 10" in text and "Netzwerk" not in text
 
 
 def test_a_mail_says_its_duration_and_date_as_its_language_does() -> None:
@@ -228,6 +297,11 @@ def test_a_mail_says_its_duration_and_date_as_its_language_does() -> None:
     assert "1\u00a0jour" in text("verify_email", "fr")
     assert "7. Dezember 2026" in text("password_changed", "de")
     assert "2026年12月7日" in text("password_changed", "ja")
+    assert "7. Dezember 2026" in text("new_sign_in", "de")
+    assert "7 días" in text("invitation", "es")
+    assert "7 Tage lang gültig" in text("invitation", "de")
+    assert "1\u00a0jour" in text("email_change", "fr")
+    assert "خلال يوم" in text("email_changed", "ar")  # CLDR: one day is a word, no number
 
 
 def test_an_unknown_locale_is_written_in_english() -> None:
@@ -243,6 +317,17 @@ def test_an_unknown_locale_is_written_in_english() -> None:
     assert message["Subject"] == "Password reset requested"
 
 
+def page_text(body: bytes) -> set[str]:
+    """The words of a page, less the language switch (each language named in itself): the
+    text between tags, and the messages in the script's data attributes (the site's name,
+    `Chaser` here, is the same in every language)."""
+    page = re.sub(r'<nav class="languages".*?</nav>', "", body.decode(), flags=re.S)
+    page = re.sub(r"<title>.*?</title>", "", page)  # ends with the site's name
+    found = re.findall(r">([^<>]*[A-Za-z][^<>]*)<", page)
+    found += re.findall(r'data-plural-[a-z]+="([^"]*)"', page)
+    return {" ".join(text.split()) for text in found if len(text.strip()) > 3}
+
+
 def test_every_page_renders_in_every_language(tmp_path: Path) -> None:
     rendered = render_pages(make_settings(tmp_path))
     assert set(rendered) == set(SHIPPED)
@@ -254,6 +339,13 @@ def test_every_page_renders_in_every_language(tmp_path: Path) -> None:
             # The switch offers every language, each named in itself.
             for other in SHIPPED:
                 assert f'hreflang="{i18n.tag(other)}"' in page
+        if locale != "en":
+            # Translated, every sentence: none of the English page's text is left.
+            for path, body in pages.items():
+                left = page_text(rendered["en"][path]) & page_text(body) - {"Chaser"}
+                assert not left, (locale, path, left)
     assert "Passwort zurücksetzen" in rendered["de"]["/forgot-password"].decode()
+    assert "Bestätigen Sie Ihre neue E-Mail-Adresse" in rendered["de"]["/change-email"].decode()
+    assert "Holen Sie Ihr Konto" in rendered["de"]["/undo-email-change"].decode()
     assert "8 Ziffern" in rendered["de"]["/reset-password"].decode()
     assert 'dir="rtl"' in rendered["ar"]["/verify-email"].decode()
