@@ -356,9 +356,11 @@
   /* -- verify-email --------------------------------------------------------------------------- */
 
   /* verify-email, change-email and undo-email-change: one press posts the link's token. */
-  function verifyPage() { onePressPage("auth/verify-email"); }
+  function verifyPage() { onePressPage("auth/verify-email", "auth/verify-email/code"); }
 
-  function onePressPage(endpoint) {
+  // codePath: where a code from the email is exchanged, on a page opened without its link;
+  // a page with no code (the address change's) says to open the link instead.
+  function onePressPage(endpoint, codePath) {
     restartOnNewLink();
     var taken = takeToken();
     var token = taken.token;
@@ -366,9 +368,10 @@
     var errors = formErrors(form);
 
     if (taken.done) { show("done", false); return; }
+    if (!token && !codePath) { show("missing", false); return; }
     if (!token) {
       // Opened without a link: the code from the email verifies the address as the link does.
-      codeEntry("auth/verify-email/code", function () {
+      codeEntry(codePath, function () {
         remember({ done: true });
         show("done", true);
       });
