@@ -112,8 +112,9 @@ async def test_the_password_changed_notice_names_the_browser_and_place(site: Ser
     assert changed.status_code == 200
     [notice] = await site.smtp.sink.wait_for(1, to=EMAIL)
     text = " ".join(notice.text().split())
-    assert "with Firefox 128 on Windows 10 from the network 203.0.113.0/24" in text
-    assert "Firefox 128 on Windows 10" in notice.html()
+    assert "Browser or app: Firefox 128 on Windows 10 Network: 203.0.113.0/24" in text
+    assert "Browser or app: Firefox 128 on Windows 10" in notice.html()
+    assert "Network: 203.0.113.0/24" in notice.html()
 
 
 async def test_no_sign_in_notice_unless_asked_for(site: Served) -> None:
@@ -131,7 +132,7 @@ async def test_the_opt_in_sign_in_notice(tmp_path: Path, smtp: Smtp, clock: Fake
         [notice] = await smtp.sink.wait_for(1, to=EMAIL)
         assert notice.message["Subject"] == "New sign-in to your account"
         text = " ".join(notice.text().split())
-        assert "with Mobile Safari 17 on iOS 17 from the network 2001:db8:1234::/48" in text
+        assert "Browser or app: Mobile Safari 17 on iOS 17 Network: 2001:db8:1234::/48" in text
         failed = await site.client.post(
             "/auth/login", json={"email": EMAIL, "password": "wrong password, surely"}
         )
