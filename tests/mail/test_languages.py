@@ -1,11 +1,13 @@
 """Whose language a mail is in (docs/branding.md, "Languages"), over HTTP with a real SMTP
 server: an account's mail is in the account's language (the sign-up's `locale`, else its
-`Accept-Language`), whoever asks; the notice to an address without an account is in the
+`Accept-Language`), whoever asks — the new-sign-in notice and the address-change confirmation
+(to the new address) and notice too; the notice to an address without an account is in the
 language of the request that asked; every mail says its language in `Content-Language`. The
 reset request's answer is the same bytes whatever the address and the language."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -141,3 +143,64 @@ async def test_the_reset_answer_is_the_same_for_known_and_unknown_in_any_languag
             answers.add(repr(comparable(response)))
     assert len(answers) == 1, answers
     assert "content-language" not in next(iter(answers)).lower()
+
+
+@pytest.fixture
+async def noticing(
+    tmp_path: Path, smtp: Smtp, clock: FakeClock, backend_settings: dict[str, object]
+) -> AsyncIterator[Served]:
+    """The service with the opt-in "new sign-in" notice on."""
+    settings = make_settings(
+        tmp_path, smtp_url=smtp.url, notify_new_sign_in=True, **backend_settings
+    )
+    async with serve(settings, clock, smtp) as served:
+        yield served
+
+
+async def test_a_german_accounts_sign_in_and_address_change_mail_is_german(
+    noticing: Served,
+) -> None:
+    app = noticing
+    await sign_up(app, "anna@example.com", locale="de", accept="fr")
+    verification = await newest(app, "anna@example.com")
+    token = re.search(r"/verify-email#token=([A-Za-z0-9_-]{43,})", verification.text())
+    assert token
+    verified = await app.client.post("/auth/verify-email", json={"token": token.group(1)})
+    assert verified.status_code == 200, verified.text
+
+    # Whoever signs in, and in whatever language, the notice is in the account's.
+    login = await app.client.post(
+        "/auth/login",
+        json={"email": "anna@example.com", "password": "correct horse battery staple"},
+        headers={"Accept-Language": "ja"},
+    )
+    assert login.status_code == 200, login.text
+    notice = await newest(app, "anna@example.com", 2)
+    assert notice.message["Content-Language"] == "de"
+    assert notice.message["Subject"] == "Neue Anmeldung bei Ihrem Konto"
+    assert "hat sich jemand bei dem Konto für diese Adresse angemeldet" in notice.text()
+    assert '<html lang="de" dir="ltr">' in notice.html()
+
+    # The confirmation goes to the new address, but it is the account's mail.
+    asked = await app.client.post(
+        "/auth/email/change",
+        json={"current_password": "correct horse battery staple", "email": "anna@example.org"},
+        headers={"Authorization": f"Bearer {login.json()['token']}", "Accept-Language": "ar"},
+    )
+    assert asked.status_code == 202, asked.text
+    confirm = await newest(app, "anna@example.org")
+    assert confirm.message["Content-Language"] == "de"
+    assert confirm.message["Subject"] == "Bestätigen Sie Ihre neue E-Mail-Adresse"
+    assert "(er ist 1 Tag lang gültig)" in confirm.text()
+    assert "Neue Adresse bestätigen" in confirm.html()
+    link = re.search(r"/change-email#token=([A-Za-z0-9_-]{43,})", confirm.text())
+    assert link
+    moved = await app.client.post("/auth/email/change/confirm", json={"token": link.group(1)})
+    assert moved.status_code == 200, moved.text
+
+    # And the notice to the old address, with its undo link.
+    told = await newest(app, "anna@example.com", 3)
+    assert told.message["Content-Language"] == "de"
+    assert told.message["Subject"] == "Ihr Konto verwendet jetzt eine andere E-Mail-Adresse"
+    assert "verwendet jetzt anna@example.org" in told.text()
+    assert "/undo-email-change#token=" in told.text()
