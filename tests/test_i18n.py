@@ -282,16 +282,8 @@ def test_a_notice_without_the_browser_or_network_leaves_their_lines_out(name: st
 def test_a_mail_says_its_duration_and_date_as_its_language_does() -> None:
     renderer = Renderer("Example <no-reply@auth.example>")
 
-    def text(name: str, locale: str) -> str:
-        message = renderer.render(
-            name,
-            to="reader@example.com",
-            job_id=uuid.uuid4(),
-            date=datetime(2026, 12, 7, tzinfo=UTC),
-            context=CONTEXTS[name],
-            locale=locale,
-        )
-        return str(message.get_body(("plain",)).get_content())  # type: ignore[union-attr]
+    def text(name: str, locale: str, **context: Any) -> str:
+        return mail(renderer, name, locale, **context)[1]
 
     assert "30 Minuten" in text("password_reset", "de")
     assert "1\u00a0jour" in text("verify_email", "fr")
@@ -299,7 +291,9 @@ def test_a_mail_says_its_duration_and_date_as_its_language_does() -> None:
     assert "2026年12月7日" in text("password_changed", "ja")
     assert "7. Dezember 2026" in text("new_sign_in", "de")
     assert "7 días" in text("invitation", "es")
+    # German says a lifetime in the accusative ("7 Tage lang"): "in 7 Tage" would be wrong.
     assert "7 Tage lang gültig" in text("invitation", "de")
+    assert "2 Tage lang gültig" in text("verify_email", "de", ttl=timedelta(days=2))
     assert "1\u00a0jour" in text("email_change", "fr")
     assert "خلال يوم" in text("email_changed", "ar")  # CLDR: one day is a word, no number
 

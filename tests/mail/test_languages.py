@@ -53,7 +53,7 @@ async def test_sign_up_with_a_locale_gets_its_verification_mail_in_that_language
     mail = await newest(app, "anna@example.com")
     assert mail.message["Content-Language"] == "de"
     assert mail.message["Subject"] == "Bestätigen Sie Ihre E-Mail-Adresse"
-    assert "Link und Code funktionieren einmal und laufen in 1 Tag ab." in mail.text()
+    assert "Link und Code funktionieren einmal und sind 1 Tag lang gültig." in mail.text()
     assert '<html lang="de" dir="ltr">' in mail.html()
 
 
