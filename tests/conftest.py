@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import email
 import email.policy
+import itertools
 import os
 import re
 import secrets
@@ -231,7 +232,7 @@ class Postgres:
         self.prefix = f"chaser_test_{os.getpid()}_{secrets.token_hex(3)}"
         self.template = f"{self.prefix}_template"
         self.created: list[str] = []
-        self._count = 0
+        self._numbers = itertools.count(1)  # next() is atomic: names from two threads differ
         self._background = ThreadPoolExecutor(max_workers=2, thread_name_prefix="postgres")
         self._next: Future[str] | None = None
         self._drops: list[Future[None]] = []
@@ -251,8 +252,7 @@ class Postgres:
             await connection.close()
 
     def _new(self, *, migrated: bool) -> str:
-        self._count += 1
-        name = f"{self.prefix}_{self._count}"
+        name = f"{self.prefix}_{next(self._numbers)}"
         self.created.append(name)
         template = f" TEMPLATE {self.template}" if migrated else ""
         asyncio.run(self._admin(f'CREATE DATABASE "{name}"{template}'))
