@@ -23,6 +23,7 @@ import os
 import re
 import secrets
 import socket
+import ssl
 import threading
 import time
 from collections import Counter
@@ -60,6 +61,12 @@ EVERY_BACKEND = (EMBEDDED, SCALED)
 LINK = re.compile(r"(http://[^\s\"<>]+)/reset-password#token=([A-Za-z0-9_-]{43,})")
 PASSWORD = "correct horse battery staple 7"
 NEW_PASSWORD = "a much better passphrase, 2026"
+
+# One TLS context for every HTTP client the tests make: httpx would load the CA bundle anew for
+# each client (about 20 ms of CPU), and the tests make thousands — two per served app, one per
+# poll of /healthz. They all speak plain HTTP to loopback; httpx takes a context to reuse as
+# `verify=`.
+TLS = ssl.create_default_context()
 
 
 def require(condition: object, reason: str) -> None:
@@ -412,7 +419,7 @@ class Served:
         """A client of its own whose connections come from `address`: distinct loopback
         addresses (127.0.0.2, 127.0.0.3 …) stand for distinct hosts."""
         transport = httpx.AsyncHTTPTransport(local_address=address)
-        return httpx.AsyncClient(base_url=self.url, transport=transport, timeout=30)
+        return httpx.AsyncClient(base_url=self.url, transport=transport, timeout=30, verify=TLS)
 
     async def request_reset(self, email: str, **kw: Any) -> httpx.Response:
         return await self.client.post("/auth/password-reset/request", json={"email": email}, **kw)
@@ -512,12 +519,12 @@ async def serve(
             url = socket_url(sock)
             async with contextlib.AsyncExitStack() as clients:
                 client = await clients.enter_async_context(
-                    httpx.AsyncClient(base_url=url, timeout=30)
+                    httpx.AsyncClient(base_url=url, timeout=30, verify=TLS)
                 )
                 operator = None
                 if app.state.operator_url:
                     operator = await clients.enter_async_context(
-                        httpx.AsyncClient(base_url=app.state.operator_url, timeout=30)
+                        httpx.AsyncClient(base_url=app.state.operator_url, timeout=30, verify=TLS)
                     )
                 yield Served(url, client, clock, settings, app.state.runtime, smtp, operator)
         finally:

@@ -31,7 +31,7 @@ from typing import TypeVar
 import httpx
 import pytest
 
-from tests.conftest import PASSWORD, require
+from tests.conftest import PASSWORD, TLS, require
 
 CLI = Path(sys.executable).parent / "chaser-auth"
 PORT = 8000
@@ -164,7 +164,10 @@ def serving(cwd: Path, env: dict[str, str], network: Network) -> Iterator[Path]:
 
     def healthy() -> bool:
         try:
-            return httpx.get(f"http://127.0.0.1:{PORT}/healthz", timeout=1).status_code == 200
+            return (
+                httpx.get(f"http://127.0.0.1:{PORT}/healthz", timeout=1, verify=TLS).status_code
+                == 200
+            )
         except httpx.TransportError:
             return False
 

@@ -28,7 +28,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import LINK, NEW_PASSWORD, PASSWORD, Received, Smtp, free_port
+from tests.conftest import LINK, NEW_PASSWORD, PASSWORD, TLS, Received, Smtp, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CLI = Path(sys.executable).parent / "chaser-auth"
@@ -202,7 +202,7 @@ def serving(cwd: Path, env: dict[str, str], *extra: str) -> Iterator[str]:
             if f"Uvicorn running on {url}" not in proc.log():
                 return False
             try:
-                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+                return httpx.get(f"{url}/healthz", timeout=1, verify=TLS).status_code == 200
             except httpx.TransportError:
                 return False
 
@@ -723,7 +723,9 @@ def test_serve_binds_chaser_auth_host_and_port_unless_flags_say_otherwise(
             def healthy(port: int = answering) -> bool:
                 proc.assert_alive()
                 try:
-                    return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).is_success
+                    return httpx.get(
+                        f"http://127.0.0.1:{port}/healthz", timeout=1, verify=TLS
+                    ).is_success
                 except httpx.TransportError:
                     return False
 

@@ -26,7 +26,7 @@ import pytest
 import yaml
 
 from chaser_auth.config import Settings
-from tests.conftest import NEW_PASSWORD, PASSWORD, REDIS, Postgres, Smtp, free_port, require
+from tests.conftest import NEW_PASSWORD, PASSWORD, REDIS, TLS, Postgres, Smtp, free_port, require
 
 ROOT = Path(__file__).resolve().parent.parent
 IMAGE = "chaser-auth:latest"
@@ -99,7 +99,7 @@ def container(postgres: Postgres, smtp: Smtp) -> Iterator[Container]:
             deadline = time.monotonic() + 60
             while True:
                 try:
-                    if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    if httpx.get(f"{url}/healthz", timeout=2, verify=TLS).status_code == 200:
                         break
                 except httpx.TransportError:
                     pass

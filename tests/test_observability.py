@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import (
     NEW_PASSWORD,
     PASSWORD,
+    TLS,
     FakeClock,
     Served,
     Smtp,
@@ -305,7 +306,7 @@ def test_a_standalone_worker_serves_its_own_metrics_and_health(tmp_path: Path, s
         def healthy() -> bool:
             worker.assert_alive()
             try:
-                return httpx.get(f"{worker_url}/healthz", timeout=1).status_code == 200
+                return httpx.get(f"{worker_url}/healthz", timeout=1, verify=TLS).status_code == 200
             except httpx.TransportError:
                 return False
 

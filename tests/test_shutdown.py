@@ -44,7 +44,7 @@ import httpx
 import pytest
 from aiosmtpd.controller import Controller
 
-from tests.conftest import PASSWORD, Smtp, SmtpSink, free_port
+from tests.conftest import PASSWORD, TLS, Smtp, SmtpSink, free_port
 from tests.test_cli import CLI, base_env, cli_parallel, outbox, poll, running
 
 ACCOUNTS = [f"shutdown{i}@example.com" for i in range(10)]
@@ -212,7 +212,7 @@ def test_sigterm_to_serve_under_load_finishes_requests_releases_claims_and_loses
         def healthy() -> bool:
             assert process.poll() is None, f"serve exited with {process.returncode}:\n{serve_log()}"
             try:
-                return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+                return httpx.get(f"{url}/healthz", timeout=1, verify=TLS).status_code == 200
             except httpx.TransportError:
                 return False
 

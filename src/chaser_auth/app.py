@@ -54,10 +54,18 @@ class ChaserAPI(FastAPI):
 
 
 def create_app(
-    settings: Settings, clock: Clock = utcnow, *, share_operator_port: bool = False
+    settings: Settings,
+    clock: Clock = utcnow,
+    *,
+    share_operator_port: bool = False,
+    freeze_heap: bool = False,
 ) -> FastAPI:
     """`share_operator_port`: bind the operator listener with SO_REUSEPORT, for the processes
-    of `serve --workers N`, which all listen on the one operator port."""
+    of `serve --workers N`, which all listen on the one operator port. `freeze_heap`: once
+    started, move what start-up built out of the garbage collector's sight (`gc.freeze`) — for
+    a process that serves this one app (`chaser-auth serve`), not for one that starts many
+    (the tests: a full collection of their whole heap at every start would cost more than it
+    saves)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -83,12 +91,14 @@ def create_app(
             # and stops the event loop for tens of milliseconds (the tail latency of the reset
             # request under load). Python's documented `gc.freeze`; objects made later are
             # collected.
-            gc.collect()
-            gc.freeze()
+            if freeze_heap:
+                gc.collect()
+                gc.freeze()
             try:
                 yield
             finally:
-                gc.unfreeze()
+                if freeze_heap:
+                    gc.unfreeze()
         finally:
             stop.set()
             if task is not None:
@@ -137,4 +147,4 @@ def app_from_environment() -> FastAPI:
     process reads the same environment and sets up its own logging."""
     settings = Settings()
     configure_logging(settings.log_level, service=True, fmt=settings.log_format)
-    return create_app(settings, share_operator_port=True)
+    return create_app(settings, share_operator_port=True, freeze_heap=True)

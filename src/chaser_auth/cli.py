@@ -329,7 +329,11 @@ def serve(settings: Settings, host: str, port: int, workers: int, embedded_worke
         )
     if workers == 1:
         uvicorn.run(
-            create_app(settings.model_copy(update={"embedded_worker": embedded_worker})), **common
+            create_app(
+                settings.model_copy(update={"embedded_worker": embedded_worker}),
+                freeze_heap=True,
+            ),
+            **common,
         )
     else:
         os.environ["CHASER_AUTH_EMBEDDED_WORKER"] = "true" if embedded_worker else "false"
