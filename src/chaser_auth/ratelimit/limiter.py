@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from redis.asyncio import ConnectionPool
 
 REDIS_RETRY = 5.0
-REDIS_TIMEOUT = 0.5
+REDIS_TIMEOUT = 2.0
 REDIS_CONNECTIONS = 100
 SWEEP_EVERY = 10.0
 log = logging.getLogger("chaser_auth.ratelimit")
