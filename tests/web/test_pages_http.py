@@ -17,9 +17,11 @@ import pytest
 
 from chaser_auth.app import create_app
 from chaser_auth.domain.tokens import digest
-from chaser_auth.web.pages import CONTENT_SECURITY_POLICY
+from chaser_auth.web.pages import CONTENT_SECURITY_POLICY, render_pages
 from tests.conftest import NEW_PASSWORD, FakeClock, Served, make_settings, serve
 from tests.web.conftest import APP_URL
+
+pytestmark = pytest.mark.asyncio(loop_scope="package")  # one Chromium: conftest.py
 
 PAGE_PATHS = (
     "/forgot-password",
@@ -265,6 +267,19 @@ def override_dir(root: Path, page: str = OVERRIDE_PAGE) -> Path:
     return root
 
 
+async def test_an_edited_override_is_what_the_next_app_renders(tmp_path: Path) -> None:
+    """Templates are compiled once per process; an edited file is compiled again."""
+    brand = override_dir(tmp_path / "brand")
+    settings = make_settings(tmp_path, templates_dir=brand)
+    assert b"Operator-branded reset page" in render_pages(settings)["en"]["/reset-password"]
+
+    page = brand / "pages" / "reset_password.html"
+    page.write_text(OVERRIDE_PAGE.replace("Operator-branded", "Re-branded"))
+    rendered = render_pages(settings)["en"]["/reset-password"]
+    assert b"Re-branded reset page" in rendered
+    assert b"Operator-branded" not in rendered
+
+
 async def test_operator_overrides_replace_only_the_files_they_provide(
     tmp_path: Path, clock: FakeClock
 ) -> None:
@@ -290,7 +305,7 @@ async def test_operator_overrides_replace_only_the_files_they_provide(
     assert js.content == packaged_js.read_bytes()
 
 
-def test_override_template_with_a_syntax_error_fails_at_construction(tmp_path: Path) -> None:
+async def test_override_template_with_a_syntax_error_fails_at_construction(tmp_path: Path) -> None:
     broken = '{% extends "_layout.html" %}\n{% block content %}<h1>{{ oops </h1>{% endblock %}\n'
     settings = make_settings(tmp_path, templates_dir=override_dir(tmp_path / "brand", broken))
 

@@ -36,6 +36,7 @@ from jinja2 import (
 )
 
 from chaser_auth import i18n
+from chaser_auth.templating import CompiledTemplates
 
 
 class _HeaderClasses(HeaderRegistry):
@@ -59,6 +60,8 @@ class _HeaderClasses(HeaderRegistry):
 
 _POLICY = email.policy.default.clone(header_factory=_HeaderClasses())
 _UTF8_POLICY = _POLICY.clone(utf8=True)  # RFC 6532 headers, for a non-ASCII local part
+# Every renderer of the process, in every language, uses one compilation of each template.
+_COMPILED = CompiledTemplates()
 
 
 class Renderer:
@@ -90,6 +93,7 @@ class Renderer:
                 # (through both loaders) on every use, eight system calls per message.
                 auto_reload=False,
                 extensions=["jinja2.ext.i18n"],
+                bytecode_cache=_COMPILED,
             )
             env.policies["ext.i18n.trimmed"] = True  # a paragraph is one message, one line
             env.install_gettext_translations(  # type: ignore[attr-defined]

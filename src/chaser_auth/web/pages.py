@@ -28,6 +28,7 @@ from chaser_auth import i18n
 from chaser_auth.config import Settings
 from chaser_auth.domain.passwords import MAX_LENGTH
 from chaser_auth.domain.tokens import CODE_DIGITS
+from chaser_auth.templating import CompiledTemplates
 
 PAGES = {
     "/forgot-password": "forgot_password.html",
@@ -49,6 +50,8 @@ PAGE_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), interest-cohort=()",
 }
+# Every app of the process, in every language, renders from one compilation of each page.
+_COMPILED = CompiledTemplates()
 
 
 def site_name(settings: Settings) -> str:
@@ -94,6 +97,7 @@ def _render(settings: Settings, loader: ChoiceLoader, locale: str) -> dict[str, 
         autoescape=True,
         undefined=StrictUndefined,
         extensions=["jinja2.ext.i18n"],
+        bytecode_cache=_COMPILED,
     )
     env.policies["ext.i18n.trimmed"] = True
     env.install_gettext_translations(  # type: ignore[attr-defined]
