@@ -28,10 +28,10 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests import processes
 from tests.conftest import LINK, NEW_PASSWORD, PASSWORD, TLS, Received, Smtp, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = Path(sys.executable).parent / "chaser-auth"
 COMMANDS_PAGE = ROOT / "docs" / "operations.md"
 T = TypeVar("T")
 
@@ -82,15 +82,7 @@ def no_traceback(done: subprocess.CompletedProcess[str]) -> None:
 def cli(
     *args: str, cwd: Path, env: dict[str, str], stdin: str | None = None
 ) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run(
-        [str(CLI), *args],
-        input=stdin,
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = processes.run(args, cwd=cwd, env=env, input=stdin)
     no_traceback(done)
     return done
 
@@ -138,7 +130,7 @@ def poll(check: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:
 
 @dataclass
 class Running:
-    process: subprocess.Popen[bytes]
+    process: processes.Command
     log_path: Path
 
     def log(self) -> str:
@@ -156,10 +148,7 @@ def running(
     cleanly (log `stopped`) and exit 0 — or, as uvicorn does after a graceful shutdown,
     re-raise the SIGTERM it caught."""
     log_path = cwd / f"{name}.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [str(CLI), *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+    process = processes.start(args, cwd=cwd, env=env, log=log_path)
     proc = Running(process, log_path)
     try:
         yield proc
@@ -385,16 +374,15 @@ def test_users_create_refuses_weak_duplicate_and_malformed_input_without_a_trace
 
 def test_users_create_in_a_fresh_directory_needs_no_separate_migrate(tmp_path: Path) -> None:
     env = tmp_env(tmp_path)
-    done = subprocess.run(
-        [str(CLI), "users", "create", "fresh@example.com", "--password-stdin"],
-        input=PASSWORD + "\n",
+    done = cli(
+        "users",
+        "create",
+        "fresh@example.com",
+        "--password-stdin",
         cwd=tmp_path,
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
+        stdin=PASSWORD + "\n",
     )
-    no_traceback(done)
     assert done.returncode == 0, done.stderr
 
 

@@ -56,6 +56,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from chaser_auth.runtime import Runtime
+from tests import processes
 from tests.conftest import (
     PASSWORD,
     REDIS,
@@ -68,7 +69,7 @@ from tests.conftest import (
     make_settings,
     require,
 )
-from tests.test_cli import CLI, Running, base_env
+from tests.test_cli import Running, base_env
 
 ACCOUNTS = 200
 REQUESTS_PER_ACCOUNT = 5
@@ -166,11 +167,7 @@ def redis_prefix() -> Iterator[str]:
 
 def launch(name: str, *args: str, cwd: Path, env: dict[str, str]) -> Running:
     log_path = cwd / f"{name}.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [str(CLI), *args], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
-        )
-    return Running(process, log_path)
+    return Running(processes.start(args, cwd=cwd, env=env, log=log_path), log_path)
 
 
 def stop(proc: Running, timeout: float = 20.0) -> int:
@@ -181,8 +178,7 @@ def stop(proc: Running, timeout: float = 20.0) -> int:
             proc.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             proc.process.kill()
-            proc.process.wait()
-    return proc.process.returncode
+    return proc.process.wait()
 
 
 @dataclass

@@ -45,7 +45,8 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from tests.conftest import PASSWORD, TLS, Smtp, SmtpSink, free_port
-from tests.test_cli import CLI, base_env, cli_parallel, outbox, poll, running
+from tests.processes import CLI
+from tests.test_cli import base_env, cli_parallel, outbox, poll, running
 
 ACCOUNTS = [f"shutdown{i}@example.com" for i in range(10)]
 PER_ADDRESS = 3  # CHASER_AUTH_RATE_LIMIT_RESET_PER_ADDRESS, default 3/hour

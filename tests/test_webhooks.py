@@ -44,7 +44,8 @@ from tests.conftest import (
     serve,
     socket_url,
 )
-from tests.test_cli import CLI, base_env
+from tests.processes import CLI
+from tests.test_cli import base_env, cli
 from tests.test_integration import GUIDE, guide_block
 
 BACKENDS = EVERY_BACKEND
@@ -577,13 +578,9 @@ async def test_dead_webhooks_are_listed_by_the_cli_and_delivered_when_retried(
                 CHASER_AUTH_WEBHOOKS=hooks,
             )
             listed = await asyncio.to_thread(
-                subprocess.run,
-                [str(CLI), "outbox", "list", "--status", "dead"],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
+                cli, "outbox", "list", "--status", "dead", cwd=tmp_path, env=env
             )
+            assert listed.returncode == 0, listed.stderr
             assert str(dead.id) in listed.stdout and "webhook:app" in listed.stdout
             assert SECRET not in listed.stdout + listed.stderr
             # the admin API lists it too, as a dead letter like a mail's
@@ -597,13 +594,9 @@ async def test_dead_webhooks_are_listed_by_the_cli_and_delivered_when_retried(
 
             receiver.start()
             retried = await asyncio.to_thread(
-                subprocess.run,
-                [str(CLI), "outbox", "retry", str(dead.id)],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
+                cli, "outbox", "retry", str(dead.id), cwd=tmp_path, env=env
             )
+            assert retried.returncode == 0, retried.stderr
             assert SECRET not in retried.stdout + retried.stderr
             app.runtime.wake.set()
             [made] = await arrived(app, receiver, "account.created")
@@ -702,21 +695,13 @@ def test_the_secret_is_never_shown_by_doctor_or_a_configuration_error(tmp_path: 
         CHASER_AUTH_MAIL_DIR=str(tmp_path / "mail"),
         CHASER_AUTH_WEBHOOKS=good,
     )
-    doctor = subprocess.run(
-        [str(CLI), "doctor"], env=env, capture_output=True, text=True, check=False
-    )
+    doctor = cli("doctor", cwd=tmp_path, env=env)
     assert "WEBHOOKS" in doctor.stdout and "app" in doctor.stdout
     assert SECRET not in doctor.stdout + doctor.stderr
     assert SECRET.removeprefix("whsec_") not in doctor.stdout + doctor.stderr
     bad_secret = SECRET[:-8] + "!!!!!!!="
     bad = endpoints({"name": "app", "url": "https://hooks.example.com/in", "secret": bad_secret})
-    refused = subprocess.run(
-        [str(CLI), "doctor"],
-        env={**env, "CHASER_AUTH_WEBHOOKS": bad},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    refused = cli("doctor", cwd=tmp_path, env={**env, "CHASER_AUTH_WEBHOOKS": bad})
     assert refused.returncode == 2
     assert "CHASER_AUTH_WEBHOOKS" in refused.stderr and "whsec_" in refused.stderr
     assert bad_secret not in refused.stderr and bad_secret[6:20] not in refused.stderr
