@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from tests.conftest import (
     FakeClock,
@@ -43,7 +44,7 @@ CHROMIUM_FLAGS = [
 ]
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="package")
 async def site(tmp_path: Path, smtp: Smtp, clock: FakeClock) -> AsyncIterator[Served]:
     sock = bound_socket()
     settings = make_settings(
@@ -53,8 +54,11 @@ async def site(tmp_path: Path, smtp: Smtp, clock: FakeClock) -> AsyncIterator[Se
         yield served
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(scope="package", loop_scope="package")
 async def browser() -> AsyncIterator[Any]:
+    """One Chromium for the package's tests (a launch costs about a second of CPU): each
+    module of the package runs its tests in the package's event loop (`pytestmark`), and each
+    test opens a browser context of its own (`open_tab`)."""
     executable = shutil.which("chromium")
     require(executable, "browser tests need Debian's chromium (apt-get install -y chromium)")
     try:
@@ -147,13 +151,15 @@ async def shown(tab: Tab, name: str) -> None:
     await state(tab, name).wait_for(state="visible", timeout=10_000)
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="package")
 async def tab(browser: Any) -> AsyncIterator[Tab]:
     async with checked_tab(browser) as opened:
         yield opened
 
 
-@pytest.fixture(params=[(1280, 800), (320, 640)], ids=["desktop", "320"])
+@pytest_asyncio.fixture(
+    loop_scope="package", params=[(1280, 800), (320, 640)], ids=["desktop", "320"]
+)
 async def any_tab(request: pytest.FixtureRequest, browser: Any) -> AsyncIterator[Tab]:
     """The same test on a desktop screen and on a 320 px wide phone."""
     async with checked_tab(browser, *request.param) as opened:

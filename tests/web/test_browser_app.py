@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -38,6 +39,8 @@ from tests.conftest import (
     socket_url,
 )
 from tests.web.conftest import checked_tab
+
+pytestmark = pytest.mark.asyncio(loop_scope="package")  # one Chromium: conftest.py
 
 ROOT = Path(__file__).resolve().parents[2]
 SPA = ROOT / "docs" / "examples" / "spa.html"
@@ -71,7 +74,7 @@ async def pages(sock: socket.socket, routes: dict[str, str]) -> AsyncIterator[st
         await task
 
 
-@pytest.fixture
+@pytest_asyncio.fixture(loop_scope="package")
 async def setup(tmp_path: Path, smtp: Smtp, clock: FakeClock) -> AsyncIterator[dict[str, Any]]:
     """The API on one port, the SPA (allowed) on a second, a page of another site on a third
     (http://localhost:…) and one of another origin of the same site on a fourth."""
@@ -213,6 +216,6 @@ async def test_another_origin_reads_nothing_and_a_forged_form_changes_nothing(
     # which is not the checked tab's page.
 
 
-def test_the_example_is_the_one_the_docs_show() -> None:
+async def test_the_example_is_the_one_the_docs_show() -> None:
     page = (ROOT / "docs" / "browser-apps.md").read_text(encoding="utf-8")
     assert '--8<-- "docs/examples/spa.html"' in page

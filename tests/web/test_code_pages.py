@@ -6,9 +6,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.conftest import NEW_PASSWORD, PASSWORD, Received, Served
 from tests.web.conftest import Tab, shown, state
 from tests.web.test_reset_pages import assert_fits
+
+pytestmark = pytest.mark.asyncio(loop_scope="package")  # one Chromium: conftest.py
 
 CODE = re.compile(r"enter this code with your email address:\s+(\d{4} \d{4})\s")
 

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.conftest import Served
 from tests.web.conftest import Tab
+
+pytestmark = pytest.mark.asyncio(loop_scope="package")  # one Chromium: conftest.py
 
 
 async def test_docs_render_every_operation_from_this_origin_alone(site: Served, tab: Tab) -> None:

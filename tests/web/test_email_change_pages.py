@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from tests.conftest import PASSWORD, Served
 from tests.web.conftest import Tab, shown
+
+pytestmark = pytest.mark.asyncio(loop_scope="package")  # one Chromium: conftest.py
 
 OLD = "gina@example.com"
 NEW = "gina@example.org"

@@ -28,6 +28,8 @@ from tests.conftest import (
 )
 from tests.web.conftest import ARTIFACTS, Tab, checked_tab, shown
 
+pytestmark = pytest.mark.asyncio(loop_scope="package")  # one Chromium: conftest.py
+
 PAGES = [
     # path, the state the page opens in without a link, its heading in German and in Arabic
     ("forgot-password", "form", "Passwort zurücksetzen", "إعادة تعيين كلمة المرور"),

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from tests.conftest import (
     NEW_PASSWORD,
     PASSWORD,
@@ -21,6 +23,8 @@ from tests.conftest import (
     socket_url,
 )
 from tests.web.conftest import APP_URL, Tab, checked_tab, shown, state
+
+pytestmark = pytest.mark.asyncio(loop_scope="package")  # one Chromium: conftest.py
 
 COMMON_PASSWORD = "qwertyuiopasdfgh"  # long enough for the page, on the breached-password list
 

@@ -6,8 +6,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import pytest
+
 from tests.conftest import PASSWORD, Served
 from tests.web.conftest import APP_URL, Tab, checked_tab, shown, state
+
+pytestmark = pytest.mark.asyncio(loop_scope="package")  # one Chromium: conftest.py
 
 VERIFY_LINK = re.compile(r"(http://[^\s\"<>]+/verify-email#token=([A-Za-z0-9_-]{43,}))")
 
