@@ -32,8 +32,8 @@ import httpx
 import pytest
 
 from tests.conftest import PASSWORD, TLS, require
+from tests.processes import CLI
 
-CLI = Path(sys.executable).parent / "chaser-auth"
 PORT = 8000
 LOCAL_HOST = f"http://localhost:{PORT}"
 T = TypeVar("T")

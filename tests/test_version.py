@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import tomllib
 from importlib.metadata import version
 from pathlib import Path
@@ -13,9 +12,9 @@ from pathlib import Path
 from packaging.version import Version
 
 import chaser_auth
+from tests.processes import CLI
 
 ROOT = Path(__file__).resolve().parent.parent
-CLI = Path(sys.executable).parent / "chaser-auth"
 
 
 def test_the_version_is_the_same_everywhere() -> None:
